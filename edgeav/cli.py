@@ -1,0 +1,81 @@
+"""The one ``edgeav`` entry point.
+
+Each subcommand lives in the module that implements it and registers itself
+through a ``register(subparsers)`` function; this file only lists those modules
+and turns :class:`~edgeav.errors.EdgeavError` into a one-line message and an exit
+code (design.md section 6: 0 success, 1 runtime failure, 2 usage or bad input).
+Commands that need the ``train`` extra import it inside their run function, so
+``edgeav --help`` works on an edge box without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from edgeav import __version__
+from edgeav.errors import EXIT_USAGE, EdgeavError
+from edgeav.log import redact, setup_logging
+
+# Modules that define subcommands, in the order `edgeav --help` lists them.
+COMMAND_MODULES: tuple[str, ...] = (
+    "edgeav.config",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors in the project's one-line form, exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="edgeav",
+        description="Streaming edge audio-visual surveillance: learn what is normal, alert on what is not.",
+    )
+    parser.add_argument("--version", action="version", version=f"edgeav {__version__}")
+    parser.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"],
+                        help="log level (default: the config's, else info)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level or "info")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args) or 0)
+    except EdgeavError as exc:
+        sys.stderr.write(f"edgeav: error: {redact(str(exc))}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("edgeav: interrupted\n")
+        return 130
+
+
+def require_train_extra(command: str) -> None:
+    """Fail with a one-line message when the ``train`` extra (torch) is not installed."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        from edgeav.errors import UserError
+
+        raise UserError(
+            f"`edgeav {command}` needs the train extra (PyTorch): "
+            "pip install torch==2.13.0 && pip install 'edgeav[train]'"
+        ) from exc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Video frame sampling and resizing: the one place that turns decoded frames into model input.
+
+Training (``train.data``) and the runtime pipeline both call these functions, so
+what a model saw in training is exactly what it sees on the edge box. Pixel
+normalisation (mean/std) is *not* here: it is inside the exported video model,
+which takes uint8 RGB frames. The audio front end (STFT, mel, log) is inside the
+exported audio model too; the runtime only hands it mono float32 samples at
+``AUDIO_SAMPLE_RATE``.
+
+Frames arrive from PyAV as planar I420 (``frame.to_ndarray(format="yuv420p")``,
+shape ``(h * 3 // 2, w)``) which costs no colour conversion; we resize the planes
+first and convert the small result to RGB, so the cost does not grow with the
+camera's resolution beyond one area resize.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+AUDIO_SAMPLE_RATE = 16_000
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """How a stream is cut into windows and what one window holds.
+
+    A window covers ``[t, t + window_s)`` for ``t`` on the grid ``k * hop_s``.
+    """
+
+    window_s: float = 1.0
+    hop_s: float = 0.5
+    frames_per_window: int = 4
+    frame_width: int = 112
+    frame_height: int = 64
+    sample_rate: int = AUDIO_SAMPLE_RATE
+
+    def __post_init__(self) -> None:
+        if self.window_s <= 0 or self.hop_s <= 0:
+            raise ValueError(f"window_s and hop_s must be positive, got {self.window_s}, {self.hop_s}")
+        if self.frames_per_window < 1:
+            raise ValueError(f"frames_per_window must be >= 1, got {self.frames_per_window}")
+        if self.frame_width % 2 or self.frame_height % 2 or self.frame_width < 2 or self.frame_height < 2:
+            raise ValueError(f"frame size must be even and positive, got {self.frame_width}x{self.frame_height}")
+
+    @property
+    def samples_per_window(self) -> int:
+        return round(self.window_s * self.sample_rate)
+
+    def window_starts(self, duration_s: float) -> np.ndarray:
+        """Start times of every whole window inside ``[0, duration_s]``."""
+        n = int(np.floor((duration_s - self.window_s) / self.hop_s + 1e-9)) + 1
+        return np.arange(max(n, 0), dtype=np.float64) * self.hop_s
+
+    def frame_times(self, t_start: float) -> np.ndarray:
+        """The instants whose frames represent the window: centres of F equal slices."""
+        f = self.frames_per_window
+        return t_start + (np.arange(f) + 0.5) * (self.window_s / f)
+
+
+def nearest_frame_indices(frame_pts: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """For each wanted time, the index of the frame whose timestamp is nearest (``frame_pts`` sorted)."""
+    pts = np.asarray(frame_pts, dtype=np.float64)
+    if pts.size == 0:
+        raise ValueError("no frames to sample from")
+    wanted = np.asarray(wanted, dtype=np.float64)
+    if len(pts) == 1:
+        return np.zeros(len(wanted), dtype=np.int64)
+    right = np.clip(np.searchsorted(pts, wanted), 1, len(pts) - 1)
+    left = right - 1
+    choose_left = np.abs(wanted - pts[left]) <= np.abs(pts[right] - wanted)
+    return np.where(choose_left, left, right)
+
+
+def prepare_frame_i420(i420: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize a planar I420 frame (``(h*3//2, w)`` uint8) to ``height x width`` RGB uint8."""
+    h = i420.shape[0] * 2 // 3
+    w = i420.shape[1]
+    y = i420[:h]
+    # The chroma planes are stored one after the other, each h/2 x w/2, in the last h/2 rows.
+    chroma = i420[h:].reshape(2, h // 2, w // 2)
+    interp = cv2.INTER_AREA if (w >= width and h >= height) else cv2.INTER_LINEAR
+    out = np.empty((height * 3 // 2, width), dtype=np.uint8)
+    out[:height] = cv2.resize(y, (width, height), interpolation=interp)
+    cw, ch = width // 2, height // 2
+    u = cv2.resize(np.ascontiguousarray(chroma[0]), (cw, ch), interpolation=interp)
+    v = cv2.resize(np.ascontiguousarray(chroma[1]), (cw, ch), interpolation=interp)
+    out[height:] = np.concatenate([u.reshape(-1), v.reshape(-1)]).reshape(height // 2, width)
+    return cv2.cvtColor(out, cv2.COLOR_YUV2RGB_I420)
+
+
+def prepare_frame_rgb(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize an RGB uint8 frame (``h x w x 3``) to ``height x width``; for sources that give RGB."""
+    h, w = rgb.shape[:2]
+    interp = cv2.INTER_AREA if (w >= width and h >= height) else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (width, height), interpolation=interp)
+
+
+def to_mono_float(samples: np.ndarray) -> np.ndarray:
+    """Planar or interleaved audio (channels first or last, int or float) to mono float32 in [-1, 1]."""
+    a = np.asarray(samples)
+    if np.issubdtype(a.dtype, np.integer):
+        a = a.astype(np.float32) / float(np.iinfo(a.dtype).max)
+    else:
+        a = a.astype(np.float32, copy=False)
+    if a.ndim == 2:
+        a = a.mean(axis=0 if a.shape[0] <= 8 and a.shape[0] < a.shape[1] else 1)
+    return a
