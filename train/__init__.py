@@ -1,0 +1,1 @@
+"""Training and evaluation of the edgeav encoders (needs the ``train`` extra: torch)."""

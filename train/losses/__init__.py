@@ -1,0 +1,1 @@
+"""Contrastive losses: temporal InfoNCE, multi-positive InfoNCE, false-negative elimination."""
