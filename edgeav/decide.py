@@ -1,0 +1,154 @@
+"""Decisions over the stream of windows: events with hysteresis, anomaly alerts with duration and cooldown.
+
+Both deciders are plain state machines fed one window at a time in time order; they
+know nothing about sources, models or outputs, so the daemon and replay share them
+and tests drive them with hand-made scores.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgeav.labels import BACKGROUND
+
+
+@dataclass(frozen=True)
+class EventParams:
+    """Hysteresis of the event localiser (the config's ``events`` section)."""
+
+    start_threshold: float = 0.6
+    end_threshold: float = 0.4
+    start_windows: int = 1
+    end_windows: int = 2
+    smooth_windows: int = 3          # moving average over this many windows before thresholds
+    update_interval_s: float = 5.0   # an open event repeats as ``phase: update`` this often
+    class_thresholds: Mapping[str, float] = field(default_factory=dict)  # per-class start thresholds (bundle)
+
+
+@dataclass
+class EventChange:
+    """A start, update or end of one event, for the record writer."""
+
+    phase: str
+    label: str
+    t_start: float
+    t_end: float
+    score: float
+
+
+@dataclass
+class _Open:
+    t_start: float
+    t_last_above: float
+    score: float
+    last_update: float
+    below: int = 0
+
+
+class EventLocalizer:
+    """Per-class hysteresis over smoothed class probabilities; overlapping events of different classes allowed."""
+
+    def __init__(self, class_names: Sequence[str], params: EventParams) -> None:
+        self.class_names = list(class_names)
+        self.params = params
+        self._history: deque[np.ndarray] = deque(maxlen=max(1, params.smooth_windows))
+        self._above_run: dict[str, list[float]] = {c: [] for c in self.class_names}
+        self._open: dict[str, _Open] = {}
+
+    def smoothed(self, probs: np.ndarray) -> np.ndarray:
+        self._history.append(np.asarray(probs, dtype=np.float64))
+        return np.mean(self._history, axis=0)
+
+    def update(self, t_start: float, t_end: float, probs: np.ndarray | None) -> list[EventChange]:
+        """Feed one window's class probabilities (``None`` when the window could not be classified)."""
+        p = self.params
+        changes: list[EventChange] = []
+        smooth = self.smoothed(probs) if probs is not None else None
+        for ci, label in enumerate(self.class_names):
+            if label == BACKGROUND:
+                continue
+            score = float(smooth[ci]) if smooth is not None else 0.0
+            start_thr = max(p.start_threshold, p.class_thresholds.get(label, 0.0))
+            ev = self._open.get(label)
+            if ev is None:
+                run = self._above_run[label]
+                if score >= start_thr:
+                    run.append(t_start)
+                    if len(run) >= p.start_windows:
+                        self._open[label] = _Open(run[0], t_end, score, t_end)
+                        changes.append(EventChange("start", label, run[0], t_end, score))
+                        run.clear()
+                else:
+                    run.clear()
+                continue
+            if score < p.end_threshold:
+                ev.below += 1
+                if ev.below >= p.end_windows:
+                    changes.append(EventChange("end", label, ev.t_start, ev.t_last_above, ev.score))
+                    del self._open[label]
+                continue
+            ev.below = 0
+            ev.t_last_above = t_end
+            ev.score = max(ev.score, score)
+            if t_end - ev.last_update >= p.update_interval_s:
+                ev.last_update = t_end
+                changes.append(EventChange("update", label, ev.t_start, t_end, ev.score))
+        return changes
+
+    def flush(self) -> list[EventChange]:
+        """End of stream: close every open event at its last window above threshold."""
+        out = [EventChange("end", label, ev.t_start, ev.t_last_above, ev.score)
+               for label, ev in sorted(self._open.items(), key=lambda kv: kv[1].t_start)]
+        self._open.clear()
+        return out
+
+
+@dataclass(frozen=True)
+class AnomalyParams:
+    """The config's ``anomaly`` section plus the bundle's calibrated threshold."""
+
+    threshold: float
+    min_duration_s: float = 1.0
+    cooldown_s: float = 30.0
+
+
+@dataclass
+class Incident:
+    """An anomaly that lasted long enough: one alert."""
+
+    t_start: float
+    t_end: float
+    score: float
+
+
+class AnomalyDecider:
+    """Threshold, minimum duration and cooldown, so that one incident gives one alert."""
+
+    def __init__(self, params: AnomalyParams) -> None:
+        self.params = params
+        self._run_start: float | None = None
+        self._run_last_end = 0.0
+        self._run_score = 0.0
+        self._fired = False
+        self._quiet_until = -np.inf
+
+    def update(self, t_start: float, t_end: float, score: float | None) -> Incident | None:
+        p = self.params
+        if score is None or score < p.threshold:
+            if self._run_start is not None and self._fired:
+                self._quiet_until = self._run_last_end + p.cooldown_s
+            self._run_start, self._fired = None, False
+            return None
+        if self._run_start is None:
+            self._run_start, self._run_score = t_start, score
+        self._run_last_end = t_end
+        self._run_score = max(self._run_score, score)
+        if (not self._fired and t_end - self._run_start >= p.min_duration_s - 1e-9
+                and self._run_start >= self._quiet_until):
+            self._fired = True
+            return Incident(self._run_start, t_end, self._run_score)
+        return None
