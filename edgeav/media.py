@@ -1,0 +1,377 @@
+"""Footage files: find them, probe them, decode their frames and audio, cut them into windows.
+
+Used by training (``train.data``) and by the offline runtime commands (replay, fit-events, calibrate), so
+both read footage the same way. No torch here.
+
+Footage is any container FFmpeg reads with one video and one audio stream, or a video file with a WAV of
+the same stem beside it (``cam1.mp4`` + ``cam1.wav``). Times are seconds on the footage's own timeline:
+0 is the container's start time, so they agree with the labels sidecar.
+
+Bad footage raises :class:`~edgeav.errors.UserError` naming the file and the reason (empty, unreadable,
+no video stream, no audio stream, truncated), so the CLI prints one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import av.error
+import numpy as np
+
+from edgeav.errors import UserError
+from edgeav.preprocess import AUDIO_SAMPLE_RATE, WindowSpec, nearest_frame_indices, prepare_frame_i420
+
+# Container extensions a directory argument contributes (case-insensitive). WAVs are audio companions.
+FOOTAGE_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".flv", ".mpg",
+                                ".mpeg", ".3gp"})
+# Decoded video may end this much before the duration the container declares before we call it truncated.
+TRUNCATION_TOLERANCE_S = 1.0
+TRUNCATION_TOLERANCE_FRAC = 0.05
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What :func:`probe` learns from the headers (nothing decoded)."""
+
+    path: Path
+    audio_path: Path          # == path, or the WAV companion
+    duration: float           # declared, seconds (video stream's, else container's)
+    width: int
+    height: int
+    fps: float
+    sample_rate: int          # the audio's own rate (before resampling to 16 kHz)
+    channels: int
+    video_codec: str
+    audio_codec: str
+
+    @property
+    def separate_audio(self) -> bool:
+        return self.audio_path != self.path
+
+
+@dataclass
+class FootageWindows:
+    """A file cut into windows: ``t_starts [N]``, ``frames uint8 [N, F, H, W, 3]``, ``audio float32 [N, S]``."""
+
+    t_starts: np.ndarray
+    frames: np.ndarray
+    audio: np.ndarray
+    duration: float           # decoded seconds covered by both modalities
+
+    def __len__(self) -> int:
+        return len(self.t_starts)
+
+
+# ------------------------------------------------------------------------------------------------ finding
+
+
+def find_footage(items: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Expand FOOTAGE arguments: files as given, directories to their footage files, globs to matches.
+
+    Order is kept (directories and globs sorted), duplicates dropped. A name that matches nothing is a
+    :class:`UserError`; a directory with no footage contributes nothing (the caller decides whether an
+    empty dataset is an error).
+    """
+    out: list[Path] = []
+    seen: set[Path] = set()
+
+    def add(p: Path) -> None:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+
+    for item in items:
+        s = os.fspath(item)
+        p = Path(s)
+        if p.is_dir():
+            for child in sorted(p.iterdir()):
+                if child.is_file() and child.suffix.lower() in FOOTAGE_EXTENSIONS:
+                    add(child)
+        elif p.is_file():
+            add(p)
+        elif glob.has_magic(s):
+            for m in sorted(glob.glob(s)):
+                mp = Path(m)
+                if mp.is_file() and mp.suffix.lower() in FOOTAGE_EXTENSIONS:
+                    add(mp)
+                elif mp.is_dir():
+                    add_all = find_footage([mp])
+                    for c in add_all:
+                        add(c)
+        else:
+            raise UserError(f"{s}: no such file or directory")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ probing
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    """av.open with the project's reasons for failure."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    if size == 0:
+        raise UserError(f"{path}: empty file (0 bytes)")
+    try:
+        return av.open(str(path), mode="r")
+    except av.error.InvalidDataError:
+        if _looks_like_mp4(path):
+            raise UserError(f"{path}: truncated or not finished writing: an MP4 without its index "
+                            f"(moov box missing)") from None
+        raise UserError(f"{path}: unreadable: not a media file FFmpeg can read (invalid data)") from None
+    except av.error.FFmpegError as exc:
+        raise UserError(f"{path}: unreadable: {exc.strerror or exc}") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _looks_like_mp4(path: Path) -> bool:
+    """An ISO media file starts with an ``ftyp`` box; if FFmpeg then cannot open it, its end is missing."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+    except OSError:
+        return False
+    return head[4:8] == b"ftyp"
+
+
+def _origin(container: av.container.InputContainer) -> float:
+    """The container's start time in seconds: 0 on the footage timeline."""
+    st = container.start_time
+    return float(st) / av.time_base if st is not None else 0.0
+
+
+def wav_companion(path: Path) -> Path | None:
+    """``stem.wav`` (or ``.WAV``) beside ``path``, if there is one."""
+    for suffix in (".wav", ".WAV"):
+        cand = path.with_suffix(suffix)
+        if cand.is_file() and cand != path:
+            return cand
+    return None
+
+
+def probe(path: str | os.PathLike[str]) -> MediaInfo:
+    """Read the headers: streams, duration, size, fps, sample rate. Raises :class:`UserError` for bad footage."""
+    p = Path(path)
+    with _open(p) as c:
+        if not c.streams.video:
+            kind = "an audio-only file" if c.streams.audio else "no streams"
+            raise UserError(f"{p}: no video stream ({kind})")
+        vs = c.streams.video[0]
+        fps = float(vs.average_rate or vs.guessed_rate or vs.base_rate or 0)
+        if vs.duration is not None and vs.time_base is not None:
+            duration = float(vs.duration * vs.time_base)
+        elif c.duration is not None:
+            duration = float(c.duration) / av.time_base
+        else:
+            duration = float("nan")
+        width, height = int(vs.codec_context.width), int(vs.codec_context.height)
+        vcodec = vs.codec_context.name
+        audio_path = p
+        if c.streams.audio:
+            a = c.streams.audio[0]
+            sr, ch, acodec = int(a.codec_context.sample_rate), int(a.codec_context.channels), a.codec_context.name
+        else:
+            wav = wav_companion(p)
+            if wav is None:
+                raise UserError(f"{p}: no audio stream (and no {p.stem}.wav beside it)")
+            with _open(wav) as w:
+                if not w.streams.audio:
+                    raise UserError(f"{wav}: no audio stream in the WAV companion of {p.name}")
+                a = w.streams.audio[0]
+                sr, ch, acodec = (int(a.codec_context.sample_rate), int(a.codec_context.channels),
+                                  a.codec_context.name)
+            audio_path = wav
+    if width <= 0 or height <= 0:
+        raise UserError(f"{p}: unreadable: video stream has no frame size")
+    return MediaInfo(path=p, audio_path=audio_path, duration=duration, width=width, height=height, fps=fps,
+                     sample_rate=sr, channels=ch, video_codec=vcodec, audio_codec=acodec)
+
+
+# ------------------------------------------------------------------------------------------------ decoding
+
+
+def iter_video_frames(path: str | os.PathLike[str]) -> Iterator[tuple[float, av.VideoFrame]]:
+    """Decoded video frames in presentation order as ``(t seconds, av.VideoFrame)``.
+
+    The frame is yielded undecoded-to-numpy so callers convert only the frames they need
+    (``frame.to_ndarray(format="yuv420p")`` then :func:`edgeav.preprocess.prepare_frame_i420`).
+    Frame threading (``thread_type="AUTO"``) keeps decoding near FFmpeg's own speed.
+    """
+    p = Path(path)
+    with _open(p) as c:
+        if not c.streams.video:
+            raise UserError(f"{p}: no video stream")
+        vs = c.streams.video[0]
+        vs.thread_type = "AUTO"
+        origin = _origin(c)
+        tb = vs.time_base
+        last_t = -float("inf")
+        try:
+            for frame in c.decode(vs):
+                if frame.pts is None:
+                    continue
+                t = float(frame.pts * tb) - origin
+                if t <= last_t:  # a repeated or out-of-order timestamp: keep time strictly increasing
+                    continue
+                last_t = t
+                yield t, frame
+        except av.error.FFmpegError as exc:
+            raise UserError(f"{p}: corrupt or truncated video after {max(last_t, 0):.2f} s "
+                            f"({exc.strerror or exc})") from None
+
+
+def iter_yuv_frames(path: str | os.PathLike[str]) -> Iterator[tuple[float, np.ndarray]]:
+    """Decoded video frames as ``(t seconds, yuv420p ndarray (h*3//2, w))``: feed ``prepare_frame_i420``."""
+    for t, frame in iter_video_frames(path):
+        yield t, frame.to_ndarray(format="yuv420p")
+
+
+def iter_audio_blocks(path: str | os.PathLike[str], sample_rate: int = AUDIO_SAMPLE_RATE,
+                      audio_path: str | os.PathLike[str] | None = None) -> Iterator[tuple[float, np.ndarray]]:
+    """Audio resampled to mono float32 at ``sample_rate``, as ``(t of first sample, samples)`` blocks.
+
+    ``audio_path`` is the file holding the audio (the footage itself, or its WAV companion; see
+    :func:`probe`); times are on the footage's timeline either way (a WAV starts at 0).
+    """
+    p = Path(audio_path) if audio_path is not None else Path(path)
+    with _open(p) as c:
+        if not c.streams.audio:
+            raise UserError(f"{p}: no audio stream")
+        s = c.streams.audio[0]
+        origin = _origin(c)
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        t_next: float | None = None
+        try:
+            for frame in c.decode(s):
+                if t_next is None:
+                    t_next = float(frame.pts * s.time_base) - origin if frame.pts is not None else 0.0
+                for out in resampler.resample(frame):
+                    block = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+                    yield t_next, block
+                    t_next += len(block) / sample_rate
+            for out in resampler.resample(None):
+                block = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+                yield (t_next or 0.0), block
+                t_next = (t_next or 0.0) + len(block) / sample_rate
+        except av.error.FFmpegError as exc:
+            raise UserError(f"{p}: corrupt or truncated audio after {t_next or 0:.2f} s "
+                            f"({exc.strerror or exc})") from None
+
+
+def decode_audio(path: str | os.PathLike[str], sample_rate: int = AUDIO_SAMPLE_RATE,
+                 audio_path: str | os.PathLike[str] | None = None) -> np.ndarray:
+    """The whole audio track, mono float32 at ``sample_rate``, sample 0 at footage time 0.
+
+    Audio that starts late is preceded by silence; audio before time 0 (encoder priming) is dropped.
+    """
+    blocks: list[np.ndarray] = []
+    start: float | None = None
+    for t, block in iter_audio_blocks(path, sample_rate, audio_path):
+        if start is None:
+            start = t
+        blocks.append(block)
+    audio = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
+    offset = round((start or 0.0) * sample_rate)
+    if offset > 0:
+        audio = np.concatenate([np.zeros(offset, dtype=np.float32), audio])
+    elif offset < 0:
+        audio = audio[-offset:]
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+# ------------------------------------------------------------------------------------------------ windows
+
+
+def _sample_frames(path: Path, wanted: np.ndarray, spec: WindowSpec) -> tuple[np.ndarray, float, int]:
+    """Frames nearest to the sorted times ``wanted``: ``(uint8 [len(wanted), H, W, 3], video end, frames)``.
+
+    Streams through the file once, keeping only the previous frame: each wanted time is settled by
+    :func:`nearest_frame_indices` between the two frames around it, and only picked frames are converted.
+    """
+    out = np.zeros((len(wanted), spec.frame_height, spec.frame_width, 3), dtype=np.uint8)
+    j = 0
+    prev: tuple[float, av.VideoFrame] | None = None
+    converted: dict[int, np.ndarray] = {}  # frame number -> RGB; a frame may serve several windows
+    count = 0
+    last_t = 0.0
+    dt = 0.0
+
+    def rgb(num: int, frame: av.VideoFrame) -> np.ndarray:
+        if num not in converted:
+            converted.clear()  # frames come in order: older conversions are never needed again
+            converted[num] = prepare_frame_i420(frame.to_ndarray(format="yuv420p"), spec.frame_width,
+                                                spec.frame_height)
+        return converted[num]
+
+    for t, frame in iter_video_frames(path):
+        if prev is not None:
+            dt = t - prev[0]
+        while j < len(wanted) and wanted[j] <= t:
+            if prev is None:
+                out[j] = rgb(count, frame)
+            else:
+                pick = int(nearest_frame_indices(np.array([prev[0], t]), wanted[j: j + 1])[0])
+                out[j] = rgb(count - 1, prev[1]) if pick == 0 else rgb(count, frame)
+            j += 1
+        prev = (t, frame)
+        last_t = t
+        count += 1
+        if j >= len(wanted):
+            break
+    if count == 0:
+        raise UserError(f"{path}: unreadable: no video frame could be decoded")
+    assert prev is not None
+    while j < len(wanted):  # past the last frame: the last frame is the nearest
+        out[j] = rgb(count - 1, prev[1])
+        j += 1
+    return out, last_t + dt, count
+
+
+def footage_windows(path: str | os.PathLike[str], spec: WindowSpec | None = None,
+                    info: MediaInfo | None = None, check_truncation: bool = True) -> FootageWindows:
+    """Decode a footage file into all its whole windows (both modalities covered).
+
+    Raises :class:`UserError` for bad footage, including a file whose decodable video or audio ends well
+    before the duration its header declares (truncated).
+    """
+    spec = spec or WindowSpec()
+    p = Path(path)
+    info = info or probe(p)
+    audio = decode_audio(p, spec.sample_rate, info.audio_path)
+    audio_end = len(audio) / spec.sample_rate
+    if len(audio) == 0:
+        raise UserError(f"{info.audio_path}: unreadable: no audio could be decoded")
+    # Frames are wanted up to the audio's end; whether video reaches that far is checked after decoding.
+    t_candidates = spec.window_starts(min(audio_end, info.duration) if np.isfinite(info.duration) else audio_end)
+    wanted_all = np.concatenate([spec.frame_times(t) for t in t_candidates]) if len(t_candidates) else np.zeros(0)
+    uniq, inverse = np.unique(wanted_all, return_inverse=True)
+    picked, video_end, _ = _sample_frames(p, uniq, spec)
+    if check_truncation and np.isfinite(info.duration):
+        tol = max(TRUNCATION_TOLERANCE_S, TRUNCATION_TOLERANCE_FRAC * info.duration)
+        for what, end in (("video", video_end), ("audio", audio_end)):
+            if end < info.duration - tol:
+                raise UserError(f"{p}: truncated: its {what} decodes to {end:.1f} s of the "
+                                f"{info.duration:.1f} s its header declares")
+    duration = min(video_end, audio_end)
+    n = len(spec.window_starts(duration))
+    t_starts = t_candidates[:n]
+    f = spec.frames_per_window
+    frames = picked[inverse[: n * f]].reshape(n, f, spec.frame_height, spec.frame_width, 3)
+    s = spec.samples_per_window
+    idx = np.round(t_starts * spec.sample_rate).astype(np.int64)
+    win_audio = np.zeros((n, s), dtype=np.float32)
+    for i, a0 in enumerate(idx):
+        chunk = audio[a0: a0 + s]
+        win_audio[i, : len(chunk)] = chunk
+    return FootageWindows(t_starts=t_starts, frames=frames, audio=win_audio, duration=duration)
