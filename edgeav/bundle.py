@@ -1,0 +1,459 @@
+"""The self-describing model bundle: manifest, hashes, and the loader the runtime uses.
+
+A bundle is a directory::
+
+    manifest.json          schema "edgeav.bundle/1": preprocessing, embedding size, training summary,
+                           the sha256 of every file below, optional "events" and "anomaly" sections
+    audio.onnx             raw mono float32 samples [B, S] -> L2-normalised embedding [B, D]
+    video.onnx             uint8 RGB frames [B, F, H, W, 3] -> L2-normalised embedding [B, D]
+    audio.int8.onnx ...    optional int8 variants (``edgeav export --quantize int8``)
+    events-<hash>.npz      optional event head (``edgeav fit-events``)
+    anomaly-<hash>.npz     optional normal memory (``edgeav calibrate``)
+
+Why it is strict: the edge box runs whatever sits in the directory, so :func:`load_bundle` checks
+every file against its sha256, the bundle id against the hashes, and every part against the others
+(input shapes against the window spec, head and memory sizes against the embedding size). Any
+problem is a one-line :class:`~edgeav.errors.UserError` naming the file (exit 2).
+
+Files that ``fit-events``/``calibrate`` add carry their content hash in their name and the manifest
+is replaced atomically after them, so a crash half-way leaves the previous, still valid, bundle.
+
+This module never imports torch.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgeav import __version__
+from edgeav.errors import UserError
+from edgeav.preprocess import WindowSpec
+
+if TYPE_CHECKING:  # imported lazily at run time: the heads need numpy only, but keep import cost low
+    from edgeav.calibrate import AnomalyMemory
+    from edgeav.heads import EventHead
+
+SCHEMA = "edgeav.bundle/1"
+MANIFEST_NAME = "manifest.json"
+AUDIO_INPUT = "audio"
+VIDEO_INPUT = "frames"
+EMBEDDING_OUTPUT = "embedding"
+PRECISIONS = ("fp32", "int8")
+# The joint embedding the event head and the anomaly memory see; see :func:`joint_embedding`.
+JOINT = "concat(audio, video)"
+
+# Where `--models` points when the user gives none (a bundle shipped inside the package).
+DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parent / "data" / "bundle"
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def joint_embedding(audio_emb: np.ndarray, video_emb: np.ndarray) -> np.ndarray:
+    """The one joint embedding of a window: ``[audio | video]``, each part L2-normalised, float32 ``[B, 2D]``.
+
+    Fitting (``fit-events``, ``calibrate``) and the runtime both call this, so a head always sees
+    the features it was fitted on. The encoders already L2-normalise; normalising again costs nothing
+    and keeps the two halves on the same scale even for an int8 model whose norms drift slightly.
+    Concatenation (not a sum) keeps what each modality saw separately: a silent passer-by and a car
+    heard but not seen stay distinguishable.
+    """
+    a = _l2(np.asarray(audio_emb, dtype=np.float32))
+    v = _l2(np.asarray(video_emb, dtype=np.float32))
+    if a.shape != v.shape:
+        raise ValueError(f"audio and video embeddings differ in shape: {a.shape} vs {v.shape}")
+    return np.concatenate([a, v], axis=1)
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def bundle_id_from_files(files: dict[str, dict[str, Any]]) -> str:
+    """A bundle id derived from the names and hashes of its files: identical content, identical id."""
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(f"{name}\0{files[name]['sha256']}\n".encode())
+    return "b-" + h.hexdigest()[:16]
+
+
+def utc_now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def referenced_files(manifest: dict[str, Any]) -> list[str]:
+    """Every bundle file a manifest's sections point at (models, int8 models, head, memory)."""
+    names: list[str] = []
+    for section in (manifest.get("models") or {}).values():
+        if isinstance(section, dict):
+            names.extend(str(v) for k, v in section.items() if k in ("fp32", "int8") and v)
+    if isinstance(manifest.get("events"), dict) and manifest["events"].get("head"):
+        names.append(str(manifest["events"]["head"]))
+    if isinstance(manifest.get("anomaly"), dict) and manifest["anomaly"].get("memory"):
+        names.append(str(manifest["anomaly"]["memory"]))
+    return sorted(set(names))
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the daemon's own user must read the bundle
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def write_manifest(bundle_dir: str | Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Hash every referenced file, derive the bundle id, and replace ``manifest.json`` atomically.
+
+    Returns the manifest as written. Files no longer referenced are left for :func:`prune_unreferenced`.
+    """
+    d = Path(bundle_dir)
+    out = dict(manifest)
+    out["schema"] = SCHEMA
+    files: dict[str, dict[str, Any]] = {}
+    for name in referenced_files(out):
+        p = d / name
+        if not p.is_file():
+            raise UserError(f"{p}: bundle file referenced by the manifest does not exist")
+        files[name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    out["files"] = files
+    out["bundle_id"] = bundle_id_from_files(files)
+    out.setdefault("created", utc_now_iso())
+    out["updated"] = utc_now_iso()
+    out.setdefault("edgeav_version", __version__)
+    _atomic_write_bytes(d / MANIFEST_NAME, (json.dumps(out, indent=1, sort_keys=False) + "\n").encode())
+    return out
+
+
+def prune_unreferenced(bundle_dir: str | Path, manifest: dict[str, Any], prefixes: Iterable[str]) -> None:
+    """Delete files named ``<prefix>-*.npz`` that the manifest no longer references (old heads, memories)."""
+    d = Path(bundle_dir)
+    keep = set(referenced_files(manifest))
+    for prefix in prefixes:
+        for p in d.glob(f"{prefix}-*.npz"):
+            if p.name not in keep:
+                p.unlink(missing_ok=True)
+
+
+def add_content_named_file(bundle_dir: str | Path, prefix: str, writer: Any) -> str:
+    """Write a new bundle file through ``writer(path)`` and name it ``<prefix>-<sha256[:12]>.npz``.
+
+    The content hash in the name means a new head never overwrites the file the current manifest
+    points at: until the manifest is replaced, the bundle stays valid.
+    """
+    d = Path(bundle_dir)
+    fd, tmp = tempfile.mkstemp(prefix=f".{prefix}.", suffix=".npz", dir=d)
+    os.close(fd)
+    try:
+        writer(Path(tmp))
+        os.chmod(tmp, 0o644)
+        name = f"{prefix}-{sha256_file(tmp)[:12]}.npz"
+        os.replace(tmp, d / name)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return name
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def _need(cond: bool, where: str, message: str) -> None:
+    if not cond:
+        raise UserError(f"{where}: {message}")
+
+
+def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
+    """Parse ``manifest.json`` and check its schema and required fields (not the files: see :func:`verify_files`)."""
+    d = Path(bundle_dir)
+    if not d.exists():
+        raise UserError(f"{d}: model bundle directory does not exist")
+    if not d.is_dir():
+        raise UserError(f"{d}: a model bundle is a directory (with manifest.json), not a file")
+    p = d / MANIFEST_NAME
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{p}: bundle manifest is missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{p}: cannot read bundle manifest: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{p}: bundle manifest is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    _need(isinstance(data, dict), str(p), "bundle manifest must be a JSON object")
+    schema = data.get("schema")
+    _need(schema == SCHEMA, f"{p}: schema", f"{schema!r} is not supported (expected {SCHEMA!r})")
+    emb = data.get("embedding_size")
+    _need(isinstance(emb, int) and emb > 0, f"{p}: embedding_size", f"{emb!r} is not a positive integer")
+    pre = data.get("preprocessing")
+    _need(isinstance(pre, dict), f"{p}: preprocessing", "missing or not an object")
+    window_spec_from_manifest(data, where=str(p))
+    models = data.get("models")
+    _need(isinstance(models, dict) and all(isinstance(models.get(m), dict) and models[m].get("fp32")
+                                           for m in ("audio", "video")),
+          f"{p}: models", "needs audio.fp32 and video.fp32 model files")
+    files = data.get("files")
+    _need(isinstance(files, dict) and all(isinstance(v, dict) and isinstance(v.get("sha256"), str)
+                                          for v in files.values()),
+          f"{p}: files", "missing, or an entry without sha256")
+    return data
+
+
+def window_spec_from_manifest(manifest: dict[str, Any], where: str = MANIFEST_NAME) -> WindowSpec:
+    pre = manifest.get("preprocessing") or {}
+    fields = ("window_s", "hop_s", "frames_per_window", "frame_width", "frame_height", "sample_rate")
+    missing = [f for f in fields if f not in pre]
+    if missing:
+        raise UserError(f"{where}: preprocessing: missing {', '.join(missing)}")
+    if pre.get("channel_order", "RGB") != "RGB":
+        raise UserError(f"{where}: preprocessing.channel_order: {pre['channel_order']!r} is not supported (RGB)")
+    try:
+        return WindowSpec(**{f: pre[f] for f in fields})
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{where}: preprocessing: {exc}") from None
+
+
+def verify_files(bundle_dir: str | Path, manifest: dict[str, Any]) -> None:
+    """Every referenced file exists, is listed, and matches its sha256; the bundle id matches the hashes."""
+    d = Path(bundle_dir)
+    files: dict[str, dict[str, Any]] = manifest["files"]
+    for name in referenced_files(manifest):
+        if name not in files:
+            raise UserError(f"{d / name}: used by the manifest but has no sha256 in its files list")
+    for name, entry in sorted(files.items()):
+        p = d / name
+        if "/" in name or name.startswith("."):
+            raise UserError(f"{d / MANIFEST_NAME}: files: {name!r} is not a plain file name")
+        if not p.is_file():
+            raise UserError(f"{p}: bundle file is missing (listed in {MANIFEST_NAME})")
+        digest = sha256_file(p)
+        if digest != entry["sha256"]:
+            raise UserError(
+                f"{p}: sha256 {digest[:12]}… does not match the manifest's {entry['sha256'][:12]}… "
+                f"(the file was changed, or {MANIFEST_NAME} belongs to another bundle)")
+    expected = bundle_id_from_files(files)
+    if manifest.get("bundle_id") != expected:
+        raise UserError(f"{d / MANIFEST_NAME}: bundle_id {manifest.get('bundle_id')!r} does not match its files "
+                        f"({expected}): the manifest was edited by hand")
+
+
+# ---------------------------------------------------------------------------------------------- the bundle
+
+
+def _session(path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    # Bounded threads: one box runs several cameras; each session must not grab every core.
+    opts.intra_op_num_threads = max(1, int(threads))
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: onnxruntime cannot load this model: {first}") from None
+
+
+@dataclass
+class Bundle:
+    """A loaded, verified bundle: ONNX sessions, window spec, and the optional event head and anomaly memory."""
+
+    path: Path
+    manifest: dict[str, Any]
+    precision: str
+    window_spec: WindowSpec
+    embedding_size: int
+    audio_session: Any
+    video_session: Any
+    event_head: EventHead | None = None
+    anomaly: AnomalyMemory | None = None
+
+    @property
+    def bundle_id(self) -> str:
+        return str(self.manifest["bundle_id"])
+
+    @property
+    def joint_size(self) -> int:
+        return 2 * self.embedding_size
+
+    def embed_audio(self, audio: np.ndarray) -> np.ndarray:
+        """Mono float32 windows ``[B, S]`` (S = samples per window) -> embeddings ``[B, D]``."""
+        a = np.ascontiguousarray(audio, dtype=np.float32)
+        s = self.window_spec.samples_per_window
+        if a.ndim != 2 or a.shape[1] != s:
+            raise ValueError(f"audio windows must be [B, {s}] float32, got shape {a.shape}")
+        return self.audio_session.run([EMBEDDING_OUTPUT], {AUDIO_INPUT: a})[0]
+
+    def embed_video(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 RGB windows ``[B, F, H, W, 3]`` -> embeddings ``[B, D]``."""
+        ws = self.window_spec
+        want = (ws.frames_per_window, ws.frame_height, ws.frame_width, 3)
+        if frames.ndim != 5 or tuple(frames.shape[1:]) != want or frames.dtype != np.uint8:
+            raise ValueError(f"video windows must be uint8 [B, {', '.join(map(str, want))}], "
+                             f"got {frames.dtype} {frames.shape}")
+        return self.video_session.run([EMBEDDING_OUTPUT], {VIDEO_INPUT: np.ascontiguousarray(frames)})[0]
+
+    def embed(self, audio: np.ndarray, frames: np.ndarray, batch: int = 64) -> np.ndarray:
+        """Joint embeddings ``[B, 2D]`` (see :func:`joint_embedding`), in batches of at most ``batch``."""
+        out = []
+        for i in range(0, len(audio), batch):
+            out.append(joint_embedding(self.embed_audio(audio[i:i + batch]), self.embed_video(frames[i:i + batch])))
+        if not out:
+            return np.zeros((0, self.joint_size), dtype=np.float32)
+        return np.concatenate(out, axis=0)
+
+
+def _check_session_shapes(bundle_dir: Path, name: str, session: Any, input_name: str, want: tuple[int, ...],
+                          want_type: str, emb: int) -> None:
+    inputs = {i.name: i for i in session.get_inputs()}
+    where = f"{bundle_dir / name}"
+    if input_name not in inputs:
+        raise UserError(f"{where}: model has no input {input_name!r} (has {', '.join(inputs)})")
+    inp = inputs[input_name]
+    if inp.type != want_type:
+        raise UserError(f"{where}: input {input_name!r} is {inp.type}, expected {want_type}")
+    shape = list(inp.shape)
+    fits = len(shape) == len(want) + 1 and all(
+        not isinstance(got, int) or got == w for got, w in zip(shape[1:], want, strict=True))
+    if not fits:
+        raise UserError(f"{where}: input shape {shape} does not fit the manifest's preprocessing "
+                        f"[batch, {', '.join(map(str, want))}]")
+    if isinstance(shape[0], int) and shape[0] != -1:
+        raise UserError(f"{where}: the batch axis is fixed at {shape[0]}; bundles need a dynamic batch axis")
+    outputs = {o.name: o for o in session.get_outputs()}
+    if EMBEDDING_OUTPUT not in outputs:
+        raise UserError(f"{where}: model has no output {EMBEDDING_OUTPUT!r}")
+    out_shape = list(outputs[EMBEDDING_OUTPUT].shape)
+    if len(out_shape) != 2 or (isinstance(out_shape[1], int) and out_shape[1] != emb):
+        raise UserError(f"{where}: embedding shape {out_shape} does not match the manifest's embedding_size {emb}")
+
+
+def resolve_bundle_dir(models: str | Path | None) -> Path:
+    """``--models`` or, when absent, the bundle shipped inside the package."""
+    if models:
+        return Path(models)
+    if (DEFAULT_BUNDLE_DIR / MANIFEST_NAME).is_file():
+        return DEFAULT_BUNDLE_DIR
+    raise UserError("no --models BUNDLE_DIR given and no default bundle is installed in the package "
+                    f"({DEFAULT_BUNDLE_DIR})")
+
+
+def load_bundle(path: str | Path | None = None, *, threads: int = 1, precision: str | None = None,
+                with_heads: bool = True) -> Bundle:
+    """Load and verify a bundle (the package's default when ``path`` is None).
+
+    ``precision``: ``"fp32"``, ``"int8"`` or None for the manifest's ``models.preferred`` (the int8
+    models when ``export --quantize int8`` accepted them). ``threads`` bounds onnxruntime's threads
+    per session. ``with_heads=False`` skips the event head and anomaly memory (used while refitting them).
+    """
+    d = resolve_bundle_dir(path)
+    manifest = read_manifest(d)
+    verify_files(d, manifest)
+    ws = window_spec_from_manifest(manifest, where=str(d / MANIFEST_NAME))
+    emb = int(manifest["embedding_size"])
+    models = manifest["models"]
+    prec = precision or str(models.get("preferred", "fp32"))
+    if prec not in PRECISIONS:
+        raise UserError(f"{d / MANIFEST_NAME}: models.preferred: {prec!r} is not one of {', '.join(PRECISIONS)}")
+    if not (models["audio"].get(prec) and models["video"].get(prec)):
+        raise UserError(f"{d}: bundle has no {prec} models (export it with --quantize int8 for int8)")
+    audio_file, video_file = str(models["audio"][prec]), str(models["video"][prec])
+    audio = _session(d / audio_file, threads)
+    video = _session(d / video_file, threads)
+    _check_session_shapes(d, audio_file, audio, AUDIO_INPUT, (ws.samples_per_window,), "tensor(float)", emb)
+    _check_session_shapes(d, video_file, video, VIDEO_INPUT,
+                          (ws.frames_per_window, ws.frame_height, ws.frame_width, 3), "tensor(uint8)", emb)
+    bundle = Bundle(path=d, manifest=manifest, precision=prec, window_spec=ws, embedding_size=emb,
+                    audio_session=audio, video_session=video)
+    if with_heads:
+        if isinstance(manifest.get("events"), dict):
+            from edgeav.heads import EventHead
+
+            bundle.event_head = EventHead.from_bundle(d, manifest["events"], joint_size=bundle.joint_size)
+        if isinstance(manifest.get("anomaly"), dict):
+            from edgeav.calibrate import AnomalyMemory
+
+            bundle.anomaly = AnomalyMemory.from_bundle(d, manifest["anomaly"], embedding_size=emb)
+    return bundle
+
+
+@dataclass
+class EmbeddedFootage:
+    """Windows of one or more footage files, embedded, with their sidecar labels where there are sidecars."""
+
+    files: list[Path]
+    t_starts: np.ndarray  # [N] seconds from each file's start
+    file_index: np.ndarray  # [N] which of ``files`` the window comes from
+    joint: np.ndarray  # [N, 2D] see :func:`joint_embedding`
+    labels: list[str]  # [N] segment label (``background`` where a file has no sidecar)
+    anomalous: np.ndarray  # [N] bool: the sidecar marks the window anomalous
+
+
+def embed_footage(bundle: Bundle, items: Iterable[str | Path], require_labels: bool,
+                  batch: int = 64) -> EmbeddedFootage:
+    """Expand FOOTAGE arguments (files, directories), decode each into the bundle's windows and embed them.
+
+    Sidecars are read (and, with ``require_labels``, demanded) before anything is decoded, so a
+    missing or bad sidecar fails fast with a one-line error naming it.
+    """
+    from edgeav import media  # PyAV decoding; loading a bundle alone does not need it
+    from edgeav.labels import BACKGROUND, load_labels, sidecar_path
+
+    files = media.find_footage([str(i) for i in items])
+    if not files:
+        raise UserError(f"no footage files in {', '.join(map(str, items))}")
+    sidecars = []
+    for f in files:
+        sc = sidecar_path(f)
+        if sc.is_file():
+            sidecars.append(load_labels(sc))
+        elif require_labels:
+            raise UserError(f"{sc}: labels sidecar not found for footage {f}")
+        else:
+            sidecars.append(None)
+    ws = bundle.window_spec
+    t_all, idx, joint, labels, anomalous = [], [], [], [], []
+    for i, (f, lab) in enumerate(zip(files, sidecars, strict=True)):
+        w = media.footage_windows(f, ws)
+        t_all.append(w.t_starts)
+        idx.append(np.full(len(w), i, dtype=np.int64))
+        joint.append(bundle.embed(w.audio, w.frames, batch=batch))
+        for t in w.t_starts:
+            t0, t1 = float(t), float(t) + ws.window_s
+            labels.append(lab.segment_label(t0, t1) if lab else BACKGROUND)
+            anomalous.append(bool(lab and lab.segment_is_anomaly(t0, t1)))
+    return EmbeddedFootage(files=files, t_starts=np.concatenate(t_all), file_index=np.concatenate(idx),
+                           joint=np.concatenate(joint), labels=labels, anomalous=np.array(anomalous, dtype=bool))
