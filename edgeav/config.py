@@ -334,7 +334,7 @@ class MqttConfig(_Section):
     prefix: TopicPrefix = "edgeav"
     qos: int = Field(default=1, ge=0, le=2)
     keepalive: int = Field(default=60, ge=1, le=65535)  # seconds; the broker sends our last will after 1.5x this
-    client_id: Annotated[str, AfterValidator(_check_token)] | None = None  # None: edgeav-<node name>
+    client_id: Annotated[str, AfterValidator(_check_token)] | None = None  # None: edgeav-<node name> (see Config)
     username: Token | None = None
     password_file: ReadableFile | None = None  # read only when connecting; never printed or logged
     tls: TlsConfig | None = None
@@ -453,6 +453,13 @@ class Config(_Section):
                 )
             first[camera.name] = index
         return cameras
+
+    @model_validator(mode="after")
+    def _default_client_id(self) -> Config:
+        # The client id defaults to one derived from the node name; filled in here so `config check` shows it.
+        if self.mqtt is not None and self.mqtt.client_id is None:
+            object.__setattr__(self, "mqtt", self.mqtt.model_copy(update={"client_id": f"edgeav-{self.node.name}"}))
+        return self
 
     def camera(self, name: str) -> CameraConfig:
         """The camera called ``name``; KeyError when there is none."""
