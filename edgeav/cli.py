@@ -25,6 +25,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "export.onnx_export",
     "edgeav.heads",
     "edgeav.calibrate",
+    "edgeav.replay",
+    "edgeav.search",
+    "edgeav.bench",
 )
 
 

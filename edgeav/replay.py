@@ -1,0 +1,208 @@
+"""``edgeav replay``: the daemon's pipeline fed by files on their own clock.
+
+Outputs (design.md section 6): ``--out`` events and alerts as JSON lines, ``--windows``
+one line per window. Outputs are written to a temporary file beside the target and
+renamed when the run completes, so a failed run never leaves a partial file that looks
+complete. Deterministic: the same footage and bundle give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from edgeav.decide import AnomalyParams, EventParams
+from edgeav.errors import UserError
+from edgeav.records import dumps
+
+
+@dataclass
+class JsonLinesSink:
+    """Writes the chosen record kinds as JSON lines to an open file."""
+
+    out: IO[str]
+    kinds: frozenset[str]
+
+    def window(self, record: dict[str, Any]) -> None:
+        if "window" in self.kinds:
+            self.out.write(dumps(record) + "\n")
+
+    def event(self, record: dict[str, Any]) -> None:
+        if "event" in self.kinds:
+            self.out.write(dumps(record) + "\n")
+
+    def alert(self, record: dict[str, Any]) -> None:
+        if "alert" in self.kinds:
+            self.out.write(dumps(record) + "\n")
+
+
+@dataclass
+class SummarySink:
+    """Keeps what the human summary needs: event starts and alerts."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+
+    def window(self, record: dict[str, Any]) -> None:
+        pass
+
+    def event(self, record: dict[str, Any]) -> None:
+        if record["phase"] == "end":
+            self.events.append(record)
+
+    def alert(self, record: dict[str, Any]) -> None:
+        self.alerts.append(record)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | None) -> Iterator[IO[str] | None]:
+    """A text file that appears at ``path`` only if the block completes."""
+    if path is None:
+        yield None
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise UserError(f"{target}: is a directory, expected an output file path")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent or Path("."))
+    except OSError as exc:
+        raise UserError(f"{target}: cannot write here ({exc.strerror})") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            yield f
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _params_from_config(path: str | None) -> tuple[EventParams, AnomalyParams | None, Any]:
+    if path is None:
+        return EventParams(), None, None
+    from edgeav.config import load_config
+
+    cfg = load_config(path)
+    ev = cfg.events
+    events = EventParams(start_threshold=ev.start_threshold, end_threshold=ev.end_threshold,
+                         start_windows=ev.start_windows, end_windows=ev.end_windows)
+    an = cfg.anomaly
+    # The threshold itself comes from the bundle's calibration; the config sets duration and cooldown.
+    anomaly = AnomalyParams(threshold=float("nan"), min_duration_s=an.min_duration_s, cooldown_s=an.cooldown_s)
+    return events, anomaly, cfg
+
+
+def _fmt_t(t: float) -> str:
+    m, s = divmod(t, 60.0)
+    return f"{int(m):02d}:{s:05.2f}"
+
+
+def print_summary(footage: Path, duration: float, stats: Any, summary: SummarySink, out: IO[str]) -> None:
+    """The human-readable account of one file: events by kind, then every alert."""
+    out.write(f"{footage}: {duration:.1f} s, {stats.windows} windows")
+    if stats.missing_audio or stats.missing_video:
+        out.write(f" ({stats.missing_audio} without audio, {stats.missing_video} without video)")
+    out.write("\n")
+    by_label: dict[str, int] = {}
+    for e in summary.events:
+        by_label[e["label"]] = by_label.get(e["label"], 0) + 1
+    if by_label:
+        kinds = ", ".join(f"{n} {label}" for label, n in sorted(by_label.items(), key=lambda kv: (-kv[1], kv[0])))
+        out.write(f"  events: {kinds}\n")
+        for e in summary.events:
+            out.write(f"    {_fmt_t(e['t_start'])}-{_fmt_t(e['t_end'])}  {e['label']:<12} score {e['score']:.2f}\n")
+    else:
+        out.write("  events: none\n")
+    if summary.alerts:
+        out.write(f"  alerts: {len(summary.alerts)}\n")
+        for a in summary.alerts:
+            out.write(f"    {_fmt_t(a['t_start'])}-{_fmt_t(a['t_end'])}  anomaly      score {a['score']:.3f} "
+                      f"(threshold {a['threshold']:.3f})\n")
+    else:
+        out.write("  alerts: none\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgeav import media
+    from edgeav.bundle import load_bundle
+    from edgeav.pipeline import CameraPipeline, run_file
+
+    files = media.find_footage(args.footage)
+    events, anomaly, _cfg = _params_from_config(args.config)
+    bundle = load_bundle(args.models, threads=args.threads)
+    if anomaly is not None and bundle.anomaly is not None:
+        anomaly = AnomalyParams(bundle.anomaly.threshold, anomaly.min_duration_s, anomaly.cooldown_s)
+    infos = [media.probe(f) for f in files]  # fail on bad footage before writing anything
+    show_progress = sys.stderr.isatty() and not args.quiet
+    index = None
+    if args.index:
+        from edgeav.index import IndexWriter
+
+        index = IndexWriter(args.index, bundle.embedding_size, bundle.bundle_id)
+    totals: dict[str, Any] = {"windows": 0, "events": 0, "alerts": 0, "frames_converted": 0,
+                              "times": {"decode": 0.0, "preprocess": 0.0, "embed": 0.0, "decide": 0.0}}
+    with atomic_output(args.out) as out_f, atomic_output(args.windows) as win_f:
+        for path, info in zip(files, infos, strict=True):
+            sinks: list[Any] = []
+            summary = SummarySink()
+            sinks.append(summary)
+            if out_f is not None:
+                sinks.append(JsonLinesSink(out_f, frozenset({"event", "alert"})))
+            if win_f is not None:
+                sinks.append(JsonLinesSink(win_f, frozenset({"window"})))
+            camera = args.camera or path.stem
+            pipeline = CameraPipeline(camera, bundle, sinks, events=events, anomaly=anomaly,
+                                      source_id=str(path), batch_size=args.batch, index=index)
+            bar = None
+            if show_progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=round(info.duration, 1), unit="s", desc=path.name, leave=False)
+
+            def progress(t: float, bar: Any = bar) -> None:
+                if bar is not None:
+                    bar.update(max(0.0, round(t - bar.n, 1)))
+
+            stats = run_file(path, pipeline, progress=progress)
+            if bar is not None:
+                bar.close()
+            if not args.quiet:
+                print_summary(path, info.duration, stats, summary, sys.stdout)
+            for key in ("windows", "events", "alerts", "frames_converted"):
+                totals[key] += getattr(stats, key)
+            for key, value in stats.times.as_dict().items():
+                totals["times"][key] += value
+    if index is not None:
+        index.close()
+    if args.stats:
+        with atomic_output(args.stats) as f:
+            assert f is not None
+            json.dump(totals, f, indent=1)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "replay", help="run the pipeline over recorded footage: events, alerts, per-window scores",
+        description="Run the daemon's pipeline over footage files (or directories of them) on their own clock. "
+                    "Deterministic: the same input gives byte-identical outputs.")
+    p.add_argument("footage", nargs="+", metavar="FOOTAGE", help="footage files or directories")
+    p.add_argument("--models", metavar="BUNDLE_DIR", help="model bundle (default: the one shipped in the package)")
+    p.add_argument("--out", metavar="EVENTS.jsonl", help="write events and alerts as JSON lines")
+    p.add_argument("--windows", metavar="WINDOWS.jsonl", help="write one JSON line per window")
+    p.add_argument("--config", metavar="FILE", help="edgeav config (events and anomaly sections)")
+    p.add_argument("--camera", metavar="NAME", help="camera name in the records (default: the footage's stem)")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads per model (default 1)")
+    p.add_argument("--batch", type=int, default=16, help="windows per inference batch (default 16)")
+    p.add_argument("--quiet", action="store_true", help="print no summary and no progress")
+    p.add_argument("--index", metavar="DIR", help="append every window's embeddings to this index (edgeav search)")
+    p.add_argument("--stats", metavar="STATS.json", help="write counts and per-stage times as JSON")
+    p.set_defaults(func=run)
