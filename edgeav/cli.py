@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "export.onnx_export",
     "edgeav.heads",
     "edgeav.calibrate",
+    "edgeav.train_cli",
     "edgeav.replay",
     "edgeav.search",
     "edgeav.bench",

@@ -42,22 +42,12 @@ from torch import nn
 
 from edgeav.errors import UserError
 from edgeav.preprocess import WindowSpec
+from train.params import load_config
 
 CHECKPOINT_FORMAT = "edgeav.checkpoint/1"
 
-DEFAULT_PARAMS: dict[str, Any] = {
-    "window": {
-        "window_s": 1.0, "hop_s": 0.5, "frames_per_window": 4,
-        "frame_width": 112, "frame_height": 64, "sample_rate": 16000,
-    },
-    "embed_dim": 128,
-    "audio": {
-        "n_fft": 512, "win": 400, "hop": 160, "n_mels": 64, "fmin": 50.0, "fmax": 8000.0,
-        "channels": [24, 48, 96, 128], "blocks": [0, 1, 1, 1],
-    },
-    "video": {"channels": [24, 48, 96, 128], "blocks": [0, 1, 1, 1]},
-    "temperature": {"init": 0.07, "learn": True},
-}
+# The defaults of configs/train.default.yaml (validated by train.params): one source of truth.
+DEFAULT_PARAMS: dict[str, Any] = load_config().model_params()
 
 
 def merged_params(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
