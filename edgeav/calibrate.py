@@ -48,18 +48,18 @@ def select_features(joint: np.ndarray, features: str) -> np.ndarray:
     raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
 
 
-def _sq_dists(x: np.ndarray, m: np.ndarray) -> np.ndarray:
-    d = (x * x).sum(1)[:, None] + (m * m).sum(1)[None, :] - 2.0 * (x @ m.T)
-    return np.maximum(d, 0.0)
-
-
 def knn_scores(x: np.ndarray, memory: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
-    """Mean distance from each row of ``x`` to its ``k`` nearest rows of ``memory`` (exact, chunked)."""
-    x = np.asarray(x, dtype=np.float32)
-    kk = min(k, len(memory))
+    """Mean distance from each row of ``x`` to its ``k`` nearest rows of ``memory`` (exact, chunked).
+
+    In float64: ``|x|^2 + |m|^2 - 2 x.m`` cancels badly in float32 for near neighbours, the ones that matter.
+    """
+    m = np.asarray(memory, dtype=np.float64)
+    m_sq = (m * m).sum(1)
+    kk = min(k, len(m))
     out = np.empty(len(x), dtype=np.float32)
     for i in range(0, len(x), chunk):
-        d = _sq_dists(x[i:i + chunk], memory)
+        q = np.asarray(x[i:i + chunk], dtype=np.float64)
+        d = np.maximum((q * q).sum(1)[:, None] + m_sq[None, :] - 2.0 * (q @ m.T), 0.0)
         near = np.partition(d, kk - 1, axis=1)[:, :kk] if kk < d.shape[1] else d
         out[i:i + chunk] = np.sqrt(near).mean(axis=1)
     return out
@@ -70,7 +70,7 @@ def greedy_k_center(x: np.ndarray, size: int) -> np.ndarray:
     n = len(x)
     if n <= size:
         return np.arange(n)
-    x = np.asarray(x, dtype=np.float32)
+    x = np.asarray(x, dtype=np.float64)
     sq = (x * x).sum(1)
     first = int(np.argmin(((x - x.mean(0)) ** 2).sum(1)))
     chosen = [first]
@@ -126,9 +126,12 @@ class AnomalyMemory:
     threshold: float
     features: str
 
+    def __post_init__(self) -> None:
+        self._memory64 = np.asarray(self.memory, dtype=np.float64)  # converted once, not per window
+
     def score(self, joint: np.ndarray) -> np.ndarray:
         """Joint embeddings ``[B, 2D]`` -> anomaly scores ``[B]`` (higher is more unusual)."""
-        return knn_scores(select_features(joint, self.features), self.memory, self.k)
+        return knn_scores(select_features(joint, self.features), self._memory64, self.k)
 
     def is_anomalous(self, joint: np.ndarray) -> np.ndarray:
         return self.score(joint) >= self.threshold
