@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import ipaddress
 import json
 import logging
 import os
@@ -124,6 +125,22 @@ def _check_token(value: str) -> str:
 
 
 Token = Annotated[str, AfterValidator(_check_token)]
+
+
+def _check_host(value: str) -> str:
+    """A broker host: a name or an address, without the scheme or port some users paste along."""
+    _check_token(value)
+    if "://" in value or "/" in value:
+        raise _bad("expected a host name or address only, such as broker.lan or 10.0.0.2 (no scheme, no path)")
+    if ":" in value:
+        try:
+            ipaddress.IPv6Address(value.strip("[]"))
+        except ValueError:
+            raise _bad("expected a host name or address only; put the port in mqtt.port") from None
+    return value
+
+
+Host = Annotated[str, AfterValidator(_check_host)]
 
 
 def _check_topic_prefix(value: str) -> str:
@@ -329,7 +346,7 @@ class TlsConfig(_Section):
 class MqttConfig(_Section):
     """The broker connection and topic layout (design.md sections 4 and 6)."""
 
-    host: Token = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)  # default 8883 when tls is set
     prefix: TopicPrefix = "edgeav"
     qos: int = Field(default=1, ge=0, le=2)
@@ -584,7 +601,8 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
 
 def _walk(loc: list[Any], unknown_key: bool) -> tuple[str, type[BaseModel] | None, str | None]:
     """Turn a pydantic ``loc`` into ``cameras[1].audio.device``; also the model and the last field name."""
-    path, model, field = "", Config, None
+    path, field = "", None
+    model: type[BaseModel] | None = Config
     for position, item in enumerate(loc):
         last = position == len(loc) - 1
         if unknown_key and last:
@@ -659,13 +677,17 @@ def _describe(err: Any, source: str) -> str:
     path, model, field = _walk(loc, unknown_key=kind == "extra_forbidden")
     if kind == "extra_forbidden":
         key = str(loc[-1])
-        allowed = list(model.model_fields) if model is not None else []
-        hint = difflib.get_close_matches(key, allowed, n=1)
+        keys = list(model.model_fields) if model is not None else []
+        hint = difflib.get_close_matches(key, keys, n=1)
         did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
-        return f"{source}: {path}: unknown key: allowed keys are {', '.join(allowed)}{did_you_mean}"
+        return f"{source}: {path}: unknown key: allowed keys are {', '.join(keys)}{did_you_mean}"
+    if kind == "invalid_key":
+        where, _, _ = _walk(loc[:-1], unknown_key=False)
+        return f"{source}: {where}: key {_show(loc[-1])}: keys must be text"
     if kind == "missing":
         return f"{source}: {path}: missing: this key is required"
     value = _show(ctx["value"] if "value" in ctx else err.get("input"))
+    allowed: str
     if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
         allowed = _bounds(model, field) or err["msg"].lower()
     elif kind == "literal_error":

@@ -43,6 +43,7 @@ MALFORMED = [
      ["cameras[0].video.url", "ftp://10.0.0.5/x", "rtsp, rtsps, http, https"]),
     ("port-0", "mqtt: {port: 0}", ["mqtt.port", ": 0:", "between 1 and 65535"]),
     ("port-70000", "mqtt: {port: 70000}", ["mqtt.port", "70000", "between 1 and 65535"]),
+    ("mqtt-host-with-scheme", "mqtt: {host: 'mqtt://broker.lan'}", ["mqtt.host", "mqtt://broker.lan", "host name"]),
     ("qos-3", "mqtt: {qos: 3}", ["mqtt.qos", "3", "between 0 and 2"]),
     ("threshold-above-1", "events: {start_threshold: 1.5}", ["events.start_threshold", "1.5", "between 0 and 1"]),
     ("end-above-start", "events: {start_threshold: 0.5, end_threshold: 0.7}",
