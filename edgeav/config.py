@@ -297,7 +297,8 @@ class CameraConfig(_Section):
     name: Name
     video: VideoConfig
     audio: AudioConfig = AudioConfig()
-    # Added to the audio timestamps: positive when the sound arrives that much later than the picture.
+    # How many ms later the sound arrives than the picture (negative: earlier). Capture subtracts it
+    # from the audio timestamps so both modalities land on one timeline.
     av_offset_ms: float = Field(default=0.0, ge=-60_000, le=60_000)
 
 
