@@ -80,7 +80,7 @@ def _parity_footage(given: list[str], summary: dict[str, Any], tmp: Path, spec: 
 
     if given:
         return media.find_footage(given)
-    listed = summary.get("footage") or summary.get("footage_files") or []
+    listed = summary.get("files") or summary.get("footage") or []
     if isinstance(listed, (list, tuple)):
         existing = [Path(p) for p in listed if isinstance(p, str) and Path(p).is_file()]
         if existing:
@@ -312,10 +312,13 @@ def export_untrained(out: str | Path, quantize: str | None = None, seed: int = 0
 def run(args: argparse.Namespace) -> int:
     from edgeav.cli import require_train_extra
 
-    require_train_extra("export")
-    src = Path(args.checkpoint)
+    src, out = Path(args.checkpoint), Path(args.out)
+    # Argument mistakes first: they need no torch and should not wait for it to import.
     if not src.exists():
         raise UserError(f"{src}: no such run directory or checkpoint")
+    if out.exists() and not args.force and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out}: already exists; pass --force to replace it")
+    require_train_extra("export")
     m = export_checkpoint(src, args.out, quantize=args.quantize, parity_footage=args.parity_footage,
                           force=args.force)
     par = m["export"]["parity"]

@@ -1,0 +1,161 @@
+"""`edgeav export`: torch vs onnxruntime parity, int8 agreement, the bundle without torch.
+
+One checkpoint of the real (randomly initialised) encoders is exported once through the CLI with
+``--quantize int8``; the tests check the result independently of what the exporter reports.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from edgeav import media  # noqa: E402
+from edgeav.bundle import MANIFEST_NAME, load_bundle  # noqa: E402
+from edgeav.errors import RuntimeFailure  # noqa: E402
+from tests.conftest import REPO, assert_one_line_error, run_edgeav  # noqa: E402
+
+
+def make_clip(path: Path, seconds: int = 4) -> Path:
+    """Real footage (H.264 + AAC) with changing picture and sound, through FFmpeg."""
+    subprocess.run(["timeout", "60", "ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=size=320x180:rate=15", "-f", "lavfi", "-i",
+                    "sine=f=300:beep_factor=4:sample_rate=16000", "-t", str(seconds), "-c:v", "libx264",
+                    "-pix_fmt", "yuv420p", "-c:a", "aac", str(path)], check=True)
+    return path
+
+
+def make_checkpoint(path: Path, seed: int = 0) -> Path:
+    """An ``edgeav.checkpoint/1`` file of freshly initialised default encoders."""
+    from train.models import CHECKPOINT_FORMAT, build_encoders, merged_params
+
+    torch.manual_seed(seed)
+    params = merged_params()
+    audio, video = build_encoders(params)
+    torch.save({"format": CHECKPOINT_FORMAT, "params": params, "audio": audio.state_dict(),
+                "video": video.state_dict(), "epoch": 0,
+                "summary": {"epochs": 0, "seed": seed, "pairs": "temporal", "footage_seconds": 0.0}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp = tmp_path_factory.mktemp("export")
+    clip = make_clip(tmp / "clip.mp4")
+    ckpt = make_checkpoint(tmp / "last.pt")
+    out = tmp / "bundle"
+    proc = run_edgeav("export", str(ckpt), "--out", str(out), "--quantize", "int8", "--parity-footage", str(clip),
+                      timeout=300)
+    return {"proc": proc, "out": out, "clip": clip, "ckpt": ckpt, "tmp": tmp}
+
+
+def test_export_parity_on_real_windows(exported):
+    proc, out = exported["proc"], exported["out"]
+    assert proc.returncode == 0, proc.stderr
+    assert "parity max abs diff" in proc.stdout
+    m = json.loads((out / MANIFEST_NAME).read_text())
+    assert m["embedding_size"] == 128
+    assert m["preprocessing"]["audio_frontend"]["n_fft"] == 512
+    for part in ("audio", "video"):
+        par = m["export"]["parity"][part]
+        assert par["real_windows"] > 0 and par["random_windows"] > 0
+        assert par["max_abs_diff"] <= 1e-4
+        model = onnx.load(str(out / f"{part}.onnx"))
+        assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+        assert not isinstance(model.graph.input[0].type.tensor_type.shape.dim[0].dim_value or None, int)
+
+    # Independently of the exporter's report: torch and the loaded bundle agree on real decoded windows.
+    from train.models import load_checkpoint
+
+    audio, video, _, _ = load_checkpoint(exported["ckpt"])
+    b = load_bundle(out, threads=1, precision="fp32")
+    w = media.footage_windows(exported["clip"], b.window_spec)
+    assert len(w) >= 5
+    with torch.no_grad():
+        ta = audio(torch.from_numpy(w.audio)).numpy()
+        tv = video(torch.from_numpy(w.frames)).numpy()
+    assert np.abs(b.embed_audio(w.audio) - ta).max() <= 1e-4
+    assert np.abs(b.embed_video(w.frames) - tv).max() <= 1e-4
+    assert np.abs(b.embed_video(w.frames[3:4]) - tv[3:4]).max() <= 1e-4  # batch 1 too
+    # Real windows differ from each other: parity on them is not parity on a constant.
+    assert np.abs(ta[0] - ta[-1]).max() > 1e-3 and np.abs(tv[0] - tv[-1]).max() > 1e-3
+
+
+def test_int8_agrees_with_fp32(exported):
+    out = exported["out"]
+    assert exported["proc"].returncode == 0, exported["proc"].stderr
+    assert "int8 cosine agreement" in exported["proc"].stdout and "speed-up" in exported["proc"].stdout
+    m = json.loads((out / MANIFEST_NAME).read_text())
+    q = m["export"]["quantization"]
+    assert q["accepted"] and q["audio_cosine_mean"] >= 0.99 and q["video_cosine_mean"] >= 0.99
+    assert {"audio.onnx", "video.onnx", "audio.int8.onnx", "video.int8.onnx"} <= set(m["files"])
+    f32 = load_bundle(out, precision="fp32")
+    i8 = load_bundle(out, precision="int8")
+    w = media.footage_windows(exported["clip"], f32.window_spec)
+    a, b = f32.embed(w.audio, w.frames), i8.embed(w.audio, w.frames)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cos.mean() >= 0.99
+    assert not np.array_equal(a, b)  # really a different (quantised) model
+
+
+def test_parity_failure_says_by_how_much(exported):
+    """An ONNX model that is not the torch model (here: another seed's weights) fails parity, with the number."""
+    import export.onnx_export as ox
+    from train.models import build_encoders, merged_params
+
+    torch.manual_seed(99)
+    other_audio, _ = build_encoders(merged_params())
+    b = load_bundle(exported["out"], threads=1, precision="fp32")
+    ra, _ = ox.random_windows(b.window_spec, n=4)
+    with pytest.raises(RuntimeFailure, match=r"export parity failed: audio model differs from torch by 0\.[0-9]+ "
+                                             r"\(max abs, tolerance 0\.0001\); no bundle written"):
+        ox._parity("audio", other_audio.eval(), b.embed_audio, {"random": ra})
+    # and the same check passes for the model that was exported
+    from train.models import load_checkpoint
+
+    audio, _, _, _ = load_checkpoint(exported["ckpt"])
+    assert ox._parity("audio", audio, b.embed_audio, {"random": ra})["max_abs_diff"] <= 1e-4
+
+
+def test_existing_bundle_is_not_overwritten(exported):
+    proc = run_edgeav("export", str(exported["ckpt"]), "--out", str(exported["out"]), timeout=120)
+    assert_one_line_error(proc, str(exported["out"]), "already exists", "--force")
+
+
+def _no_torch_env(tmp: Path) -> dict[str, str]:
+    """PYTHONPATH with a `torch` package that cannot be imported, ahead of the real one."""
+    shadow = tmp / "no_torch"
+    (shadow / "torch").mkdir(parents=True, exist_ok=True)
+    (shadow / "torch" / "__init__.py").write_text("raise ImportError('torch is not installed (test shadow)')\n")
+    return {"PYTHONPATH": f"{shadow}:{REPO}"}
+
+
+def test_bundle_loads_and_embeds_without_torch(exported):
+    env = _no_torch_env(exported["tmp"])
+    code = (
+        "import sys, numpy as np\n"
+        "from edgeav.bundle import load_bundle\n"
+        "from edgeav import media\n"
+        f"b = load_bundle({str(exported['out'])!r}, threads=1)\n"
+        f"w = media.footage_windows({str(exported['clip'])!r}, b.window_spec)\n"
+        "j = b.embed(w.audio, w.frames)\n"
+        "assert 'torch' not in sys.modules or sys.modules['torch'] is None\n"
+        "np.save(sys.argv[1], j)\n"
+    )
+    dst = exported["tmp"] / "no_torch_joint.npy"
+    proc = subprocess.run([sys.executable, "-c", code, str(dst)], capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, **env})
+    assert proc.returncode == 0, proc.stderr
+    b = load_bundle(exported["out"], threads=1)
+    w = media.footage_windows(exported["clip"], b.window_spec)
+    np.testing.assert_allclose(np.load(dst), b.embed(w.audio, w.frames), atol=1e-6)
+    # `edgeav export` itself says what is missing, in one line.
+    proc = run_edgeav("export", str(exported["ckpt"]), "--out", str(exported["tmp"] / "x"), env=env)
+    assert_one_line_error(proc, "train extra")
