@@ -47,8 +47,10 @@ from edgeav.log import redact, setup_logging
 log = logging.getLogger(__name__)
 
 URL_SCHEMES = ("rtsp", "rtsps", "http", "https")
-AUDIO_SOURCES = ("camera", "microphone", "none")
-LOG_LEVELS = ("debug", "info", "warning", "error")
+AudioSource = Literal["camera", "microphone", "none"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+AUDIO_SOURCES: tuple[str, ...] = typing.get_args(AudioSource)
+LOG_LEVELS: tuple[str, ...] = typing.get_args(LogLevel)
 # Names end up in MQTT topics and file names: nothing that needs quoting or escaping anywhere.
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 NAME_RULE = "1 to 64 letters, digits, '_' or '-'"
@@ -278,7 +280,7 @@ class VideoConfig(_Section):
 class AudioConfig(_Section):
     """Where a camera's sound comes from: its own stream, a local microphone, or nowhere."""
 
-    source: Annotated[Literal["camera", "microphone", "none"], BeforeValidator(_lower)] = "camera"
+    source: Annotated[AudioSource, BeforeValidator(_lower)] = "camera"
     device: Annotated[str | int | None, BeforeValidator(_device)] = None  # microphone: name or index
     sample_rate: int | None = Field(default=None, ge=8000, le=192000)  # microphone: None = device default
 
@@ -442,7 +444,7 @@ class MetricsConfig(_Section):
 class LoggingConfig(_Section):
     """Log verbosity; ``edgeav --log-level`` overrides it for one run."""
 
-    level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)] = "info"
+    level: Annotated[LogLevel, BeforeValidator(_lower)] = "info"
 
 
 class Config(_Section):
