@@ -22,6 +22,7 @@ from edgeav.log import redact, setup_logging
 # Modules that define subcommands, in the order `edgeav --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "edgeav.config",
+    "edgeav.synth.cli",
     "export.onnx_export",
     "edgeav.heads",
     "edgeav.calibrate",

@@ -1,0 +1,246 @@
+"""The fixed camera's view: a street background, occluders, light, clouds, sensor noise.
+
+Everything static is drawn once (background texture, a parked vehicle, a tree, noise
+tiles); a frame is then a copy of the background, the active visuals drawn with cv2,
+the occluders pasted over them, one multiply by a low-resolution light map (slow
+day-to-dusk drift and moving cloud shadows), the light sources, a colour conversion
+straight to I420 (what the encoder takes) and a pre-drawn noise tile on the luma.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from edgeav.synth import sprites
+from edgeav.synth.kinds import Profile
+from edgeav.synth.sprites import (
+    CENTRE_LINE,
+    DEPTH_NEAR_LANE,
+    FAR_WALK_Y,
+    HORIZON,
+    KERB,
+    NEAR_WALK_Y,
+    ROAD_TOP,
+    Visual,
+)
+from edgeav.synth.timeline import STREAM_LIFE, STREAM_SCENE, random_colour, rng_for
+
+_LIGHT_DOWNSCALE = 8      # the light map is computed at 1/8 resolution, then resized
+_NOISE_TILES = 12
+
+
+def _texture(rng: np.random.Generator, h: int, w: int, sigma: float, blur: float) -> np.ndarray:
+    n = rng.normal(0.0, sigma, (h, w)).astype(np.float32)
+    if blur > 0:
+        n = cv2.GaussianBlur(n, (0, 0), blur)
+    return n
+
+
+class Layer:
+    """An occluder: pixels pasted over the visuals behind it (within a bounding box)."""
+
+    def __init__(self, rgb: np.ndarray, mask: np.ndarray) -> None:
+        ys, xs = np.nonzero(mask)
+        if len(ys) == 0:
+            self.box = (0, 0, 0, 0)
+        else:
+            self.box = (int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1)
+        y0, y1, x0, x1 = self.box
+        self.rgb = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+        self.mask = np.ascontiguousarray(mask[y0:y1, x0:x1])
+
+    def paste(self, img: np.ndarray) -> None:
+        y0, y1, x0, x1 = self.box
+        if y1 > y0:
+            roi = img[y0:y1, x0:x1]
+            cv2.copyTo(self.rgb, self.mask, roi)
+
+
+class Scene:
+    """Static parts of the view, and the per-frame composition."""
+
+    def __init__(self, width: int, height: int, seed: int, profile: Profile) -> None:
+        self.w, self.h, self.profile = width, height, profile
+        rng = rng_for(seed, STREAM_SCENE, 0)
+        self.background = self._draw_background(rng)
+        self.parked, self.front = self._draw_occluders(rng_for(seed, STREAM_SCENE, 1))
+        self._init_light(rng_for(seed, STREAM_SCENE, 2))
+        noise_rng = rng_for(seed, STREAM_SCENE, 3)
+        self.noise_tiles = []
+        for _ in range(_NOISE_TILES):
+            n = np.round(noise_rng.normal(0.0, profile.noise_sigma, (height, width))).astype(np.int16)
+            self.noise_tiles.append((np.clip(n, 0, 255).astype(np.uint8), np.clip(-n, 0, 255).astype(np.uint8)))
+        self.noise_rng = rng_for(seed, STREAM_SCENE, 4)
+
+    # ------------------------------------------------------------------ static drawing
+    def _draw_background(self, rng: np.random.Generator) -> np.ndarray:
+        w, h = self.w, self.h
+        img = np.zeros((h, w, 3), np.float32)
+        y_hor, y_fw, y_road, y_kerb, y_nw = (round(f * h) for f in (HORIZON, FAR_WALK_Y, ROAD_TOP, KERB, 0.92))
+        sky_top, sky_low = np.array([95, 140, 200]) * rng.uniform(0.85, 1.1), np.array([190, 205, 220])
+        ramp = np.linspace(0, 1, y_hor)[:, None, None]
+        img[:y_hor] = sky_top * (1 - ramp) + sky_low * ramp
+        # Buildings: blocks of varied height and colour, with window grids and shop fronts.
+        x = -int(rng.integers(0, max(2, w // 10)))
+        while x < w:
+            bw = int(rng.uniform(0.09, 0.22) * w)
+            top = int(rng.uniform(0.06, 0.3) * h)
+            base = np.array(random_colour(rng), np.float32) * 0.5 + 70
+            img[top:y_hor, max(x, 0):x + bw] = base
+            wy, wx = max(3, h // 40), max(3, w // 70)
+            win = np.array((60, 70, 85), np.float32) * rng.uniform(0.7, 1.3)
+            for yy in range(top + wy, round(0.36 * h), 3 * wy):
+                for xx in range(x + wx, x + bw - 2 * wx, 3 * wx):
+                    if xx >= 0:
+                        lit = rng.random() < 0.15
+                        img[yy:yy + 2 * wy, xx:xx + 2 * wx] = (215, 200, 140) if lit else win
+            awning = np.array(random_colour(rng), np.float32)
+            img[round(0.37 * h):round(0.39 * h), max(x, 0):x + bw - 2] = awning
+            img[round(0.39 * h):y_hor, max(x + wx, 0):x + bw - wx] = (55, 60, 66)
+            x += bw
+        img[y_hor:y_fw + 2] = (150, 148, 140)          # far sidewalk
+        img[y_fw + 2:y_road] = (120, 118, 112)         # far kerb
+        img[y_road:y_kerb] = (78, 78, 82)              # road
+        img[y_kerb:y_kerb + max(2, h // 90)] = (165, 162, 155)  # near kerb
+        img[y_kerb + max(2, h // 90):y_nw] = (158, 152, 140)    # near sidewalk
+        img[y_nw:] = (82, 105, 60)                     # verge
+        # Paving joints and lane markings.
+        for xx in range(0, w, max(8, w // 24)):
+            cv2.line(img, (xx, y_kerb + 3), (xx - w // 40, y_nw), (135, 130, 120), 1)
+        y_c = round(CENTRE_LINE * h)
+        for xx in range(0, w, max(10, w // 10)):
+            cv2.rectangle(img, (xx, y_c), (xx + w // 20, y_c + max(1, h // 180)), (215, 215, 205), -1)
+        # Street lamps (part of the background: they never move).
+        for xx in rng.uniform(0.05, 0.95, 2):
+            px = round(xx * w)
+            cv2.line(img, (px, round(0.12 * h)), (px, y_hor + 2), (50, 52, 55), max(1, w // 300))
+            cv2.line(img, (px, round(0.12 * h)), (px + w // 40, round(0.12 * h)), (50, 52, 55), max(1, w // 300))
+        # Texture: fine grain plus blotches, so the background is not flat colour.
+        tex = _texture(rng, h, w, 7.0, 0.7) + _texture(rng, h, w, 30.0, 6.0)
+        img += tex[:, :, None]
+        return np.clip(img, 0, 255).astype(np.uint8)
+
+    def _draw_occluders(self, rng: np.random.Generator) -> tuple[Layer, Layer]:
+        w, h = self.w, self.h
+        # A parked vehicle at the near kerb: in front of the near lane, behind the near sidewalk.
+        rgb, mask = np.zeros((h, w, 3), np.uint8), np.zeros((h, w), np.uint8)
+        length = 118 * h / 360.0 * rng.uniform(0.9, 1.2)
+        x = rng.uniform(0.3, 0.7) * w
+        colour = random_colour(rng)
+        for canvas, c in ((rgb, colour), (mask, (255,) * 3)):
+            if canvas.ndim == 2:
+                c2 = np.zeros((h, w, 3), np.uint8)
+                sprites.draw_vehicle(c2, x, (KERB + 0.02) * h, length, "car", (255, 255, 255), 1, (255, 255, 255))
+                canvas[:] = (c2.max(axis=2) > 0) * 255
+            else:
+                sprites.draw_vehicle(canvas, x, (KERB + 0.02) * h, length, "car", c, 1)
+        parked = Layer(rgb, mask)
+        # A tree near one side, and a bollard row: in front of everything.
+        rgb, mask = np.zeros((h, w, 3), np.uint8), np.zeros((h, w), np.uint8)
+        tx = (rng.uniform(0.06, 0.2) if rng.random() < 0.5 else rng.uniform(0.8, 0.94)) * w
+        trunk_w = max(3, round(0.022 * w))
+        for canvas, bark, leaves in ((rgb, (88, 64, 44), None), (mask, 255, 255)):
+            cv2.rectangle(canvas, (round(tx - trunk_w / 2), round(0.25 * h)),
+                          (round(tx + trunk_w / 2), round(0.97 * h)), bark if canvas.ndim == 3 else 255, -1)
+            crng = np.random.default_rng(int(tx * 1000))
+            for _ in range(9):
+                cx = tx + crng.uniform(-0.09, 0.09) * w
+                cy = crng.uniform(0.12, 0.36) * h
+                r = round(crng.uniform(0.05, 0.1) * h)
+                g = tuple(int(v) for v in np.array((50, 95, 45)) * crng.uniform(0.7, 1.3))
+                cv2.circle(canvas, (round(cx), round(cy)), r, g if leaves is None else leaves, -1, cv2.LINE_AA)
+            for bx in np.linspace(0.55, 0.75, 4) * w:
+                cv2.rectangle(canvas, (round(bx), round(0.86 * h)), (round(bx + 0.008 * w), round(0.95 * h)),
+                              (60, 60, 64) if canvas.ndim == 3 else 255, -1)
+        mask = (mask > 127).astype(np.uint8) * 255
+        rgb = np.clip(rgb.astype(np.int16) + (_texture(rng, h, w, 8.0, 0.6)[:, :, None]).astype(np.int16),
+                      0, 255).astype(np.uint8)
+        return parked, Layer(rgb, mask)
+
+    # ------------------------------------------------------------------ light
+    def _init_light(self, rng: np.random.Generator) -> None:
+        p = self.profile
+        self.lh, self.lw = max(2, self.h // _LIGHT_DOWNSCALE), max(2, self.w // _LIGHT_DOWNSCALE)
+        self.drift_period = rng.uniform(20, 60) * 60.0
+        self.drift_phase = rng.uniform(0, 2 * math.pi)
+        self.flicker = [(rng.uniform(20, 90), rng.uniform(0, 2 * math.pi)) for _ in range(3)]
+        # A horizontally periodic cloud field, 4 views wide, drifting with the wind.
+        tw = self.lw * 4
+        field = rng.normal(0.0, 1.0, (self.lh, tw)).astype(np.float32)
+        field = cv2.GaussianBlur(cv2.copyMakeBorder(field, 0, 0, tw, tw, cv2.BORDER_WRAP), (0, 0),
+                                 max(1.0, self.lw / 6))[:, tw:2 * tw]
+        field = (field - field.mean()) / (field.std() + 1e-6)
+        blobs = np.clip((field - 0.3) * 1.5, 0, 1)        # patches of shadow with soft edges
+        self.cloud = np.ascontiguousarray(1.0 - p.clouds * blobs, dtype=np.float32)
+        self.cloud_speed = rng.uniform(0.3, 1.2) * self.lw / 60.0 * (1 if rng.random() < 0.5 else -1)
+        self.ground_rows = np.arange(self.lh) >= round(HORIZON * self.lh)
+
+    def gain(self, t: float) -> np.ndarray:
+        """Per-channel light level at ``t``: slow day-to-dusk drift (warmer as it darkens), small flicker."""
+        d = self.profile.drift
+        level = 1.0 - d * 0.5 * (1 - math.cos(2 * math.pi * t / self.drift_period + self.drift_phase))
+        level *= 1.0 + 0.03 * d * sum(math.sin(2 * math.pi * t / per + ph) for per, ph in self.flicker)
+        return np.array([level ** 0.7, level ** 0.95, level ** 1.3], np.float32)
+
+    def light_map(self, t: float) -> np.ndarray:
+        shift = (t * self.cloud_speed) % self.cloud.shape[1]
+        i = int(shift)
+        f = shift - i
+        idx = (np.arange(self.lw) + i) % self.cloud.shape[1]
+        cloud = self.cloud[:, idx] * (1 - f) + self.cloud[:, (idx + 1) % self.cloud.shape[1]] * f
+        cloud[~self.ground_rows] = 1.0
+        small = cloud[:, :, None] * (128.0 * self.gain(t))[None, None, :]
+        small = np.clip(small, 0, 255).astype(np.uint8)
+        return cv2.resize(small, (self.w, self.h), interpolation=cv2.INTER_LINEAR)
+
+    # ------------------------------------------------------------------ frames
+    def render_i420(self, t: float, visuals: list[Visual]) -> np.ndarray:
+        """The frame at ``t`` with the given active visuals, as planar I420 for the encoder."""
+        img = self.background.copy()
+        ordered = sorted(visuals, key=lambda v: v.depth)
+        parked_done = False
+        for v in ordered:
+            if not parked_done and v.depth > DEPTH_NEAR_LANE:
+                self.parked.paste(img)
+                parked_done = True
+            v.draw(img, t)
+        if not parked_done:
+            self.parked.paste(img)
+        self.front.paste(img)
+        cv2.multiply(img, self.light_map(t), dst=img, scale=1.0 / 128.0)
+        for v in ordered:
+            v.glow(img, t)
+        yuv = cv2.cvtColor(img, cv2.COLOR_RGB2YUV_I420)
+        pos, neg = self.noise_tiles[int(self.noise_rng.integers(_NOISE_TILES))]
+        luma = yuv[: self.h]
+        cv2.add(luma, pos, dst=luma)
+        cv2.subtract(luma, neg, dst=luma)
+        return yuv
+
+
+def passersby(profile: Profile, seed: int, seconds: float, w: int, h: int) -> list[Visual]:
+    """Silent people walking by: life in the view that is no event (never labelled)."""
+    out: list[Visual] = []
+    if profile.passersby_per_min <= 0:
+        return out
+    arrivals = rng_for(seed, STREAM_LIFE, 1)
+    t, n = 0.0, 0
+    while True:
+        t += float(arrivals.exponential(60.0 / profile.passersby_per_min))
+        if t >= seconds:
+            break
+        rng = rng_for(seed, STREAM_LIFE, 2, n)
+        n += 1
+        dur = float(rng.uniform(6.0, 14.0))
+        lane = "near" if rng.random() < 0.5 else "far"
+        direction = "left" if rng.random() < 0.5 else "right"
+        out.append(sprites.walker_group(t, min(t + dur, seconds + 30), rng, w, h, lane, direction,
+                                        int(rng.integers(1, 3)), float(rng.uniform(0.8, 1.2)), "walk"))
+    return out
+
+
+# Rows the walkers' feet stand on; exported for the frame-grid annotations.
+WALK_ROWS = (FAR_WALK_Y, NEAR_WALK_Y)
