@@ -53,15 +53,21 @@ number of partners per anchor, drawn at random, same format.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from edgeav.labels import BACKGROUND, Labels
+from edgeav.errors import UserError
+from edgeav.labels import BACKGROUND, Labels, load_labels, sidecar_path
+from train.sampler import PairBatchSampler, batch_positives
+
+log = logging.getLogger(__name__)
 
 CutoffRule = Literal["rank_product", "quantile"]
 PairMode = Literal["temporal", "epg", "random"]
@@ -82,7 +88,7 @@ class EPGConfig:
 
     def __post_init__(self) -> None:
         def bad(name: str, allowed: str) -> ValueError:
-            return ValueError(f"epg.{name}: {getattr(self, name)!r} is not allowed ({allowed})")
+            return ValueError(f"pairs.{name}: {getattr(self, name)!r} is not allowed ({allowed})")
 
         if not (isinstance(self.k, int) and self.k >= 1):
             raise bad("k", "an integer >= 1")
@@ -100,6 +106,15 @@ class EPGConfig:
             raise bad("every", "an integer >= 1")
         if self.chunk_size is not None and not (isinstance(self.chunk_size, int) and self.chunk_size >= 1):
             raise bad("chunk_size", "an integer >= 1 or null")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, object]) -> EPGConfig:
+        """From the training config's free-form ``pairs:`` section; unknown keys are refused by name."""
+        known = set(cls.__dataclass_fields__)
+        for key in values:
+            if key not in known:
+                raise ValueError(f"pairs.{key}: unknown key (known: {', '.join(sorted(known))})")
+        return cls(**values)  # type: ignore[arg-type]
 
     def active(self, epoch: int) -> bool:
         """True once the warm-up is over (epochs count from 0): mined pairs are in use."""
@@ -370,8 +385,8 @@ def window_labels(labels_by_file: Mapping[object, Labels], file_ids: Sequence[ob
                   t_start: Sequence[float] | np.ndarray, window_s: float) -> list[str]:
     """Per-window labels from the footage sidecars (``Labels.segment_label`` of each window's span).
 
-    Windows of a file without a sidecar get no label; returns None-free lists only,
-    so a missing file raises ``KeyError`` naming it: precision over half the bank is misleading.
+    Every window's file needs a sidecar (a missing one raises ``KeyError`` naming the
+    file): a precision measured over part of the bank would be misread as the whole.
     """
     out = []
     for f, t0 in zip(np.asarray(file_ids).tolist(), np.asarray(t_start, dtype=float).tolist(), strict=True):
@@ -476,11 +491,116 @@ class PairGenerator:
         return self.current
 
 
+class EPGPairs:
+    """``pairs: epg`` for the training loop (the strategy interface of ``train.objective``).
+
+    The bank holds the training windows only (``dataset.train_idx``; the held-out
+    validation windows never become anyone's partner). Epochs count from 1 in the
+    loop and the bank is filled in :meth:`end_epoch`, so pairs mined at the end of
+    epoch ``e`` shape the batches of epoch ``e + 1``: with ``warmup_epochs: 3`` epochs
+    1 to 3 are temporal-only and mining starts after epoch 3 (a warm-up of 0 behaves
+    like 1: the first epoch has no embeddings to mine yet). Batches come from
+    :class:`~train.sampler.PairBatchSampler` (every anchor with all its partners) and
+    :meth:`positives` is :func:`~train.sampler.batch_positives` (``[p, q]``: audio of
+    window ``q`` is a positive of video of window ``p``), the convention of
+    ``train.losses.multipos`` and ``train.losses.fne``.
+    """
+
+    name = "epg"
+    mode: PairMode = "epg"
+
+    def __init__(self, cfg: Any, dataset: Any) -> None:
+        try:
+            self.config = EPGConfig.from_mapping(dict(cfg.pairs or {}))
+        except (TypeError, ValueError) as exc:
+            raise UserError(str(exc)) from None
+        batch_size = int(cfg.optim.batch_size)
+        if batch_size < self.config.k + 1:
+            raise UserError(f"optim.batch_size: {batch_size} cannot hold an anchor and its up to "
+                            f"pairs.k = {self.config.k} mined partners (need >= {self.config.k + 1})")
+        self.seed = int(cfg.train.seed) & 0xFFFFFFFF
+        self.train_idx = np.asarray(dataset.train_idx, dtype=np.int64)
+        self._row = np.full(len(dataset), -1, dtype=np.int64)     # dataset index -> bank row
+        self._row[self.train_idx] = np.arange(len(self.train_idx))
+        self.file_nums = dataset.locate(self.train_idx)[0] if len(self.train_idx) else np.zeros(0, np.int64)
+        self.times = np.asarray(dataset.t_start(self.train_idx), dtype=np.float64)
+        self.labels = self._window_labels(dataset)
+        self.bank = MemoryBank()
+        self.gen = PairGenerator(self.config, self.mode, self.seed)
+
+    def _window_labels(self, dataset: Any) -> list[str] | None:
+        """Per-window labels for the precision statistic, when every file has a valid sidecar."""
+        by_file: dict[int, Labels] = {}
+        for num, f in enumerate(dataset.files):
+            side = sidecar_path(f.path)
+            if not side.is_file():
+                return None
+            try:
+                by_file[num] = load_labels(side)
+            except UserError as exc:
+                log.warning("pair precision not logged: %s", exc)
+                return None
+        return window_labels(by_file, self.file_nums, self.times, float(dataset.spec.window_s))
+
+    def epoch_batches(self, epoch: int, batch_size: int) -> list[np.ndarray]:
+        if len(self.train_idx) == 0:
+            return []
+        sampler = PairBatchSampler(len(self.train_idx), batch_size, self.gen.current, seed=self.seed)
+        sampler.set_epoch(epoch)
+        return [self.train_idx[np.asarray(b, dtype=np.int64)] for b in sampler]
+
+    def positives(self, batch: np.ndarray) -> np.ndarray | None:
+        if self.gen.current is None:
+            return None
+        rows = self._row[np.asarray(batch, dtype=np.int64)]
+        if (rows < 0).any():
+            raise ValueError("positives() got windows that are not training windows")
+        return batch_positives(rows.tolist(), self.gen.current).numpy()
+
+    def end_epoch(self, epoch: int, embed: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]) -> dict:
+        if not self.gen.wants_refresh(epoch):
+            self.gen.refresh(epoch, self.bank)      # keeps or clears the pairs per the schedule
+            return {}
+        t0 = time.perf_counter()
+        z_audio, z_video = embed(self.train_idx)
+        t1 = time.perf_counter()
+        self.bank.update(z_audio, z_video, self.file_nums, self.times, epoch=epoch)
+        self.gen.refresh(epoch, self.bank, self.labels)
+        return {**self.gen.stats, "embed_s": round(t1 - t0, 3), "mine_s": round(time.perf_counter() - t1, 3)}
+
+    def state_dict(self) -> dict:
+        cur = self.gen.current
+        if cur is None:
+            return {"mode": self.mode}
+        return {"mode": self.mode, "indptr": cur.indptr, "indices": cur.indices, "scores": cur.scores,
+                "stats": dict(self.gen.stats)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "indptr" not in state:
+            return
+        pairs = PairSet(np.asarray(state["indptr"]), np.asarray(state["indices"]), state.get("scores"))
+        if state.get("mode") != self.mode or pairs.n != len(self.train_idx):
+            log.warning("resume: saved %s pairs for %d windows do not fit this %s run of %d windows; "
+                        "they are mined again", state.get("mode"), pairs.n, self.mode, len(self.train_idx))
+            return
+        self.gen.current, self.gen.stats = pairs, dict(state.get("stats") or {})
+
+
+class RandomPartnerPairs(EPGPairs):
+    """``pairs: random``, the control: per anchor as many partners as EPG mines, drawn at random,
+    through the same bank, schedule, sampler and loss (``train.sampler`` re-exports it)."""
+
+    name = "random"
+    mode: PairMode = "random"
+
+
 __all__ = [
     "EPGConfig",
+    "EPGPairs",
     "MemoryBank",
     "PairGenerator",
     "PairSet",
+    "RandomPartnerPairs",
     "mine_pairs",
     "mutual_topk",
     "near_in_time",

@@ -27,11 +27,13 @@ losses in ``train.losses`` (temporal identity OR mined pairs present in the batc
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from train.epg import PairSet
+if TYPE_CHECKING:  # train.epg imports this module; a runtime import here would be circular
+    from train.epg import PairSet
 
 
 class PairBatchSampler:
@@ -125,6 +127,16 @@ def batch_positives(batch: Sequence[int], pairs: PairSet | None = None) -> torch
                 if q is not None:
                     pos[p, q] = True
     return torch.from_numpy(pos)
+
+
+def __getattr__(name: str) -> Any:
+    # ``train.objective`` looks the random-partner control up here (``pairs: random``); it
+    # lives in train.epg beside EPGPairs, whose bank, schedule and sampler it shares.
+    if name == "RandomPartnerPairs":
+        from train.epg import RandomPartnerPairs
+
+        return RandomPartnerPairs
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["PairBatchSampler", "batch_positives"]

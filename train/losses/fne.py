@@ -22,7 +22,7 @@ from torch import Tensor
 from train.losses.multipos import cross_modal_logits, positives_mask
 
 
-def fne_infonce(z_audio: Tensor, z_video: Tensor, positives: Tensor | None = None,
+def fne_loss(z_audio: Tensor, z_video: Tensor, positives: Tensor | None = None,
                 logit_scale: Tensor | float = 1.0) -> Tensor:
     """Symmetric InfoNCE with the temporal positive only and suspected false negatives masked out."""
     logits = cross_modal_logits(z_audio, z_video, logit_scale)
@@ -36,4 +36,4 @@ def fne_infonce(z_audio: Tensor, z_video: Tensor, positives: Tensor | None = Non
     return 0.5 * (F.cross_entropy(masked, target) + F.cross_entropy(masked.T, target))
 
 
-__all__ = ["fne_infonce"]
+__all__ = ["fne_loss"]

@@ -47,7 +47,7 @@ def positives_mask(positives: Tensor | None, batch: int, device: torch.device) -
     return positives.to(device)
 
 
-def multipos_infonce(z_audio: Tensor, z_video: Tensor, positives: Tensor | None = None,
+def multipos_loss(z_audio: Tensor, z_video: Tensor, positives: Tensor | None = None,
                      logit_scale: Tensor | float = 1.0) -> Tensor:
     """Symmetric multi-positive InfoNCE; see the module docstring for the definition.
 
@@ -73,4 +73,4 @@ def multipos_infonce(z_audio: Tensor, z_video: Tensor, positives: Tensor | None 
     return 0.5 * (loss_v2a.mean() + loss_a2v.mean())
 
 
-__all__ = ["cross_modal_logits", "multipos_infonce", "positives_mask"]
+__all__ = ["cross_modal_logits", "multipos_loss", "positives_mask"]
