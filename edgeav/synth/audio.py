@@ -157,10 +157,15 @@ def bark_times(ev: Event) -> list[tuple[float, float]]:
     out, t = [], t0
     while True:
         d = float(rng.uniform(0.12, 0.25))
-        if t + d > t1:
+        if t + d > t1 - 0.1:
             break
         out.append((t, d))
-        t += d + float(rng.uniform(0.15, 1.2))
+        t += d + float(rng.uniform(0.08, 0.35))
+    # The last bark ends where the event ends: the label's end is the sound's end.
+    d = min(0.2, t1 - t0)
+    if out and out[-1][0] + out[-1][1] > t1 - d:
+        out.pop()
+    out.append((t1 - d, d))
     return out
 
 
@@ -229,7 +234,7 @@ def event_sound(ev: Event, sr: int) -> np.ndarray:
         s = np.zeros(n, np.float32)
         for _ in range(int(rng.integers(2, 4))):
             f0 = (rng.uniform(95, 140) if rng.random() < 0.5 else rng.uniform(170, 250)) * pitch
-            s += voice(rng, n, sr, f0, busy=rng.uniform(0.4, 0.8)) * rng.uniform(0.5, 1.0)
+            s += voice(rng, n, sr, f0, busy=rng.uniform(0.65, 0.9)) * rng.uniform(0.5, 1.0)
     elif k == "scream":
         f0 = rng.uniform(420, 850) * pitch
         shape = np.sin(np.linspace(0, math.pi, n)) ** 0.5
@@ -265,7 +270,7 @@ def event_sound(ev: Event, sr: int) -> np.ndarray:
                 hn = harmonics(np.full(m, f1), sr, np.array([1, 0, 0.33, 0, 0.2, 0, 0.14]))
                 hn += harmonics(np.full(m, f1 * 1.26), sr, np.array([1, 0, 0.33, 0, 0.2]))
                 _place(s, fade_edges(hn, sr, 10), round(pos * sr))
-                pos += d + float(rng.uniform(0.15, 0.8))
+                pos += d + float(rng.uniform(0.1, 0.35))
                 first = False
             # the last honk ends where the event ends
             d = min(0.6, T / 3)
@@ -287,8 +292,9 @@ def event_sound(ev: Event, sr: int) -> np.ndarray:
             s = (ring * 0.6 + metal * 0.5) * pulses * np.maximum(on, 0.3)
     elif k == "glass_break":
         s = shaped_noise(rng, n, sr, band(1500, 7000)) * decay(n, sr, 0.03) * 3
-        for _ in range(int(rng.integers(20, 60))):
-            at = int(min(n - 1, rng.exponential(0.25 * T) * sr))
+        for _ in range(int(rng.integers(25, 60))):
+            # Shards keep falling and tinkling until the event's end.
+            at = int(min(n - 1, rng.uniform(0, 0.97) ** 1.5 * n))
             m = n - at
             if m < 16:
                 continue
@@ -297,7 +303,8 @@ def event_sound(ev: Event, sr: int) -> np.ndarray:
             for _ in range(3):
                 f = min(rng.uniform(2500, 7500) * pitch, 0.45 * sr)
                 tink += np.sin(2 * math.pi * f * tt)
-            _place(s, (tink * np.exp(-tt / rng.uniform(0.015, 0.06)) * rng.uniform(0.2, 1.0)).astype(np.float32), at)
+            level = rng.uniform(0.3, 1.0) * (1 - 0.5 * at / n)
+            _place(s, (tink * np.exp(-tt / rng.uniform(0.015, 0.06)) * level).astype(np.float32), at)
         s *= np.minimum(1.0, (T - t) / 0.1)
     elif k == "explosion":
         s = np.zeros(n, np.float32)

@@ -31,9 +31,12 @@ class Mp4Writer:
         self.final = final
         self.tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
         try:
+            # PyAV opens the file only at the first packet: create it now so a bad path fails before any work.
+            open(self.tmp, "wb").close()
             self.container = av.open(str(self.tmp), "w", format="mp4", options={"fflags": "+bitexact"})
         except (OSError, av.error.FFmpegError) as exc:  # type: ignore[attr-defined]
             why = getattr(exc, "strerror", None) or exc
+            self.tmp.unlink(missing_ok=True)
             raise UserError(f"{final}: cannot write the output file ({why})") from None
         gop = max(1, round(GOP_SECONDS * float(rate)))
         self.video = self.container.add_stream("libx264", rate=rate, options={

@@ -10,7 +10,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from edgeav.errors import UserError
+import av
+
+from edgeav.errors import RuntimeFailure, UserError
 from edgeav.labels import Labels, sidecar_path
 from edgeav.synth.audio import Soundtrack, bark_times, shot_times
 from edgeav.synth.encode import AAC_RATES, Mp4Writer
@@ -121,6 +123,9 @@ def synthesize(out_path: str | os.PathLike[str], *, seconds: float, seed: int, p
                                                 height=height, fps=fps, sample_rate=sample_rate), indent=1) + "\n")
         writer.close()
         os.replace(side_tmp, side)
+    except (OSError, av.error.FFmpegError) as exc:  # type: ignore[attr-defined]
+        writer.abort()
+        raise RuntimeFailure(f"{out}: writing failed: {getattr(exc, 'strerror', None) or exc}") from None
     except BaseException:
         writer.abort()
         raise

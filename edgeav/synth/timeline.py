@@ -122,8 +122,6 @@ def resolve_event(spec: dict, *, seed: int, index: int, where: str, seconds: flo
         duration = float(rng.uniform(*span_range)) / (speed or 1.0)
     duration = round(duration, 3)
     end = round(start + duration, 3)
-    if end > seconds + 1e-9:
-        raise UserError(f"{where}: ends at {end:g} s, after the end of the footage ({seconds:g} s)")
 
     direction = spec.get("direction", "left" if rng.random() < 0.5 else "right")
     if direction not in ("left", "right"):
@@ -151,6 +149,8 @@ def resolve_event(spec: dict, *, seed: int, index: int, where: str, seconds: flo
     x = _number(spec, where, "x", 0.0, 1.0)
     x = float(rng.uniform(0.15, 0.85)) if x is None else x
 
+    if end > seconds + 1e-9:
+        raise UserError(f"{where}: ends at {end:g} s, after the end of the footage ({seconds:g} s)")
     vis: tuple[float, float] | None = (start, end) if k.visible else None
     aud: tuple[float, float] | None = (start, end) if k.audible else None
     params: dict[str, Any] = dict(direction=direction, lane=lane, colour=colour, size=size, loudness=loudness,
