@@ -27,13 +27,30 @@ VOWELS = ((730, 1090), (270, 2290), (300, 870), (530, 1840), (660, 1720), (490, 
 
 # ----------------------------------------------------------------------------- building blocks
 
+def fast_len(n: int) -> int:
+    """The smallest 2^a * 3^b * 5^c >= n: FFT sizes that pocketfft handles fast."""
+    best = 1 << max(0, (n - 1).bit_length())
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            p = p35
+            while p < n:
+                p *= 2
+            best = min(best, p)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
 def shaped_noise(rng: np.random.Generator, n: int, sr: int, resp: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """White noise shaped by a magnitude response ``resp(freq_hz)``, scaled to unit RMS."""
     if n <= 0:
         return np.zeros(0, np.float32)
-    spec = np.fft.rfft(rng.standard_normal(n))
-    spec *= resp(np.fft.rfftfreq(n, 1.0 / sr))
-    out = np.fft.irfft(spec, n)
+    m = fast_len(n)  # shaped noise is stationary: render a fast FFT length and keep the first n samples
+    spec = np.fft.rfft(rng.standard_normal(m))
+    spec *= resp(np.fft.rfftfreq(m, 1.0 / sr))
+    out = np.fft.irfft(spec, m)[:n]
     rms = float(np.sqrt(np.mean(out * out))) or 1.0
     return (out / rms).astype(np.float32)
 

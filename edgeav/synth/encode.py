@@ -45,7 +45,8 @@ class Mp4Writer:
         self.video.width, self.video.height, self.video.pix_fmt = width, height, "yuv420p"
         self.video.codec_context.thread_count = 1
         self.video.codec_context.time_base = 1 / rate
-        self.audio = self.container.add_stream("aac", rate=sample_rate, layout="mono")
+        # FFmpeg's "fast" AAC coder: about 4x cheaper than the default two-loop search, still clean.
+        self.audio = self.container.add_stream("aac", rate=sample_rate, layout="mono", options={"aac_coder": "fast"})
         self.audio.codec_context.thread_count = 1
         self.sample_rate = sample_rate
         self._closed = False

@@ -30,6 +30,7 @@ from edgeav.synth.timeline import STREAM_LIFE, STREAM_SCENE, random_colour, rng_
 
 _LIGHT_DOWNSCALE = 8      # the light map is computed at 1/8 resolution, then resized
 _NOISE_TILES = 12
+_LIGHT_UPDATES_PER_S = 5.0
 
 
 def _texture(rng: np.random.Generator, h: int, w: int, sigma: float, blur: float) -> np.ndarray:
@@ -177,6 +178,8 @@ class Scene:
         self.cloud = np.ascontiguousarray(1.0 - p.clouds * blobs, dtype=np.float32)
         self.cloud_speed = rng.uniform(0.3, 1.2) * self.lw / 60.0 * (1 if rng.random() < 0.5 else -1)
         self.ground_rows = np.arange(self.lh) >= round(HORIZON * self.lh)
+        self._light_key: int | None = None
+        self._light = np.zeros((0, 0, 3), np.uint8)
 
     def gain(self, t: float) -> np.ndarray:
         """Per-channel light level at ``t``: slow day-to-dusk drift (warmer as it darkens), small flicker."""
@@ -186,6 +189,14 @@ class Scene:
         return np.array([level ** 0.7, level ** 0.95, level ** 1.3], np.float32)
 
     def light_map(self, t: float) -> np.ndarray:
+        """The light map, recomputed 5 times a second (clouds move under a pixel in that time)."""
+        key = math.floor(t * _LIGHT_UPDATES_PER_S)
+        if self._light_key != key:
+            self._light = self._compute_light_map(key / _LIGHT_UPDATES_PER_S)
+            self._light_key = key
+        return self._light
+
+    def _compute_light_map(self, t: float) -> np.ndarray:
         shift = (t * self.cloud_speed) % self.cloud.shape[1]
         i = int(shift)
         f = shift - i

@@ -218,6 +218,26 @@ def _clothes(rng: np.random.Generator) -> tuple[tuple[int, int, int], ...]:
     return random_colour(rng), random_colour(rng), SKIN[int(rng.integers(len(SKIN)))]
 
 
+_GLOW_CACHE: dict[int, np.ndarray] = {}
+
+
+def add_glow(img: np.ndarray, centre: tuple[float, float], radius: float, colour: tuple[int, int, int],
+             strength: float) -> None:
+    """Add a soft round pool of coloured light (a Gaussian falloff), clipped to the frame."""
+    R = max(2, round(radius))
+    g = _GLOW_CACHE.get(R)
+    if g is None:
+        yy, xx = np.mgrid[-R:R + 1, -R:R + 1]
+        g = _GLOW_CACHE[R] = np.exp(-(xx * xx + yy * yy) / (0.25 * R * R)).astype(np.float32)
+    cx, cy = round(centre[0]), round(centre[1])
+    x0, y0, x1, y1 = max(0, cx - R), max(0, cy - R), min(img.shape[1], cx + R + 1), min(img.shape[0], cy + R + 1)
+    if x1 <= x0 or y1 <= y0:
+        return
+    k = g[y0 - (cy - R):y1 - (cy - R), x0 - (cx - R):x1 - (cx - R), None] * (np.array(colour, np.float32) * strength)
+    roi = img[y0:y1, x0:x1]
+    roi[:] = np.minimum(roi + k, 255).astype(np.uint8)
+
+
 # ----------------------------------------------------------------------------- visuals per kind
 
 @dataclass
@@ -266,18 +286,12 @@ class Crossing(Visual):
         y = self.y - ly_rel * self.width
         on_left = (t * 2.0 / period) % 2.0 < 1.0
         r = max(2, round(0.045 * self.width))
-        h_img, w_img = img.shape[:2]
         for side, colour in ((-1, (255, 40, 40)), (1, (60, 90, 255))):
             lit = on_left if side < 0 else not on_left
             c = (x + side * 1.3 * r, y - r)
             cv2.circle(img, _p(*c), r, colour if lit else _shade(colour, 0.35), -1, cv2.LINE_AA)
             if lit:  # the light spills onto everything around it
-                R = round(6 * r)
-                x0, y0 = max(0, round(c[0]) - R), max(0, round(c[1]) - R)
-                x1, y1 = min(w_img, round(c[0]) + R), min(h_img, round(c[1]) + R)
-                if x1 > x0 and y1 > y0:
-                    roi = img[y0:y1, x0:x1]
-                    cv2.add(roi, np.array([c_ * 0.25 for c_ in colour] + [0.0]), dst=roi)
+                add_glow(img, c, 6 * r, colour, 0.45)
 
 
 @dataclass
@@ -389,7 +403,7 @@ def _people(rng: np.random.Generator, n: int, h: float, spacing: float) -> list:
 def walker_group(t0: float, t1: float, rng: np.random.Generator, w: int, h: int, lane: str, direction: str,
                  n: int, size: float, style: str) -> Crossing:
     """People walking (``walk``), talking while walking slowly (``talk``) or running (``run``)."""
-    ph = WALK_SCALE[lane] * 0.19 * h * size
+    ph = WALK_SCALE[lane] * 0.165 * h * size
     spacing = {"talk": 0.45, "walk": 0.5, "run": 0.9}[style]
     people = _people(rng, n, ph, spacing)
     width = (n - 1) * spacing * ph + 0.6 * ph
