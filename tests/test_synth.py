@@ -70,11 +70,16 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "a": decode(scene), "b": decode(empty)}
 
 
+def changed_pixels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per frame, how many luma pixels differ by more than 30 levels (coding noise stays far below)."""
+    return (np.abs(a - b) > 30).sum(axis=(1, 2))
+
+
 def frame_diff(pair: dict, t0: float, t1: float) -> np.ndarray:
-    """Mean absolute luma difference (scene vs ambient-only) of each frame inside [t0, t1)."""
+    """Changed pixels (scene vs ambient-only) of each frame inside [t0, t1)."""
     times, fa, fb = pair["a"][0], pair["a"][1], pair["b"][1]
     idx = np.nonzero((times >= t0) & (times < t1))[0]
-    return np.abs(fa[idx] - fb[idx]).mean(axis=(1, 2))
+    return changed_pixels(fa[idx], fb[idx])
 
 
 def test_sidecar_lists_exactly_the_scripted_events(pair: dict) -> None:
@@ -114,22 +119,24 @@ def test_visible_events_change_pixels_inside_their_view_span(pair: dict) -> None
         if ev["visible_span"] is None:
             continue
         v0, v1 = ev["visible_span"]
-        # The middle of the view span: the object is well inside the frame (edges may be behind the tree).
-        d = frame_diff(pair, v0 + 0.25 * (v1 - v0), v1 - 0.25 * (v1 - v0))
-        assert len(d) >= 3 and d.min() > 0.3, f"{ev['label']}: frames barely change while in view: {d.min():.3f}"
+        # The object shows in (nearly) every frame of its view span; a parked car or the tree may hide it briefly.
+        d = frame_diff(pair, v0 + 0.1 * (v1 - v0), v1 - 0.1 * (v1 - v0))
+        assert len(d) >= 10 and np.median(d) >= 20 and np.mean(d > 0) >= 0.75, f"{ev['label']}: {d}"
     # Before anything is visible (the siren's 2 s lead) the picture is exactly the ambient picture.
     assert frame_diff(pair, 0.0, 2.5).max() == 0.0
 
 
 def test_silent_event_adds_no_audio_and_offscreen_sound_changes_no_pixels(tmp_path: Path, pair: dict) -> None:
-    bike = render(tmp_path / "bike.mp4", [{"kind": "bicycle", "start": 3.0, "duration": 5.0}])
+    bike = render(tmp_path / "bike.mp4", [{"kind": "bicycle", "start": 3.0, "duration": 5.0, "direction": "right"}])
     horn = render(tmp_path / "horn.mp4", [{"kind": "offscreen", "start": 3.0, "duration": 5.0, "loudness": -10}])
     _, bike_frames, bike_audio = decode(bike)
     _, horn_frames, horn_audio = decode(horn)
     _, empty_frames, empty_audio = pair["b"]
     # The bicycle: seen, never heard (bit-identical soundtrack).
     assert np.array_equal(bike_audio, empty_audio)
-    assert np.abs(bike_frames - empty_frames).mean(axis=(1, 2)).max() > 0.3
+    changed = changed_pixels(bike_frames, empty_frames)
+    assert changed[:45].max() == 0  # not there before it enters
+    assert np.median(changed[50:115]) >= 20 and np.mean(changed[50:115] > 0) >= 0.75  # seen while in view
     # The horn: heard, never seen (bit-identical pictures).
     assert np.array_equal(horn_frames, empty_frames)
     assert band_energy(horn_audio, 3.0, 8.0) > 10 * band_energy(empty_audio, 3.0, 8.0)
