@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import ssl
 import threading
 import time
@@ -132,7 +133,7 @@ class MqttPublisher:
 
     def __init__(self, cfg: MqttConfig, node: str, outbox: Outbox, cameras: Iterable[str] = (), *,
                  protocol: str = "3.1.1", max_inflight: int = 50, state_interval_s: float = 1.0,
-                 reconnect_max_s: float = 30.0) -> None:
+                 reconnect_max_s: float = 30.0, availability: bool = True, client_id: str | None = None) -> None:
         if protocol not in PROTOCOLS:
             raise UserError(f"mqtt protocol {protocol!r}: allowed: {', '.join(PROTOCOLS)}")
         self.cfg = cfg
@@ -142,6 +143,9 @@ class MqttPublisher:
         self.protocol = protocol
         self.max_inflight = max_inflight
         self.state_interval_s = state_interval_s
+        # availability=False: a helper (replay) that must not mark the node online/offline.
+        self.availability = availability
+        self.client_id = client_id or cfg.client_id or f"edgeav-{node}"
         self.counters = MqttCounters()
         self._lock = threading.Lock()
         self._inflight: dict[int, tuple[int, float]] = {}  # paho mid -> (outbox seq, publish time)
@@ -157,7 +161,7 @@ class MqttPublisher:
     # -------------------------------------------------------------------------------- connection
     def _make_client(self, reconnect_max_s: float) -> paho.Client:
         cfg = self.cfg
-        kwargs: dict[str, Any] = {"client_id": cfg.client_id or f"edgeav-{self.topics.node}",
+        kwargs: dict[str, Any] = {"client_id": self.client_id,
                                   "protocol": PROTOCOLS[self.protocol]}
         if self.protocol == "3.1.1":
             kwargs["clean_session"] = True
@@ -165,7 +169,8 @@ class MqttPublisher:
         client.max_inflight_messages_set(self.max_inflight)
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(1, int(max(1, reconnect_max_s)))
-        client.will_set(self.topics.status, OFFLINE, qos=1, retain=True)
+        if self.availability:
+            client.will_set(self.topics.status, OFFLINE, qos=1, retain=True)
         if cfg.username is not None:
             client.username_pw_set(cfg.username, cfg.read_password())
         if cfg.tls is not None:
@@ -187,7 +192,7 @@ class MqttPublisher:
     def start(self) -> None:
         """Connect in the background (retrying until the broker answers) and start sending the outbox."""
         log.info("mqtt: connecting to %s:%d as %s (MQTT %s%s)", self.cfg.host, self.cfg.port,
-                 self.cfg.client_id, self.protocol, ", TLS" if self.cfg.tls else "")
+                 self.client_id, self.protocol, ", TLS" if self.cfg.tls else "")
         self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
         self._client.loop_start()
         self._sender = threading.Thread(target=self._send_loop, name="mqtt-outbox", daemon=True)
@@ -206,8 +211,9 @@ class MqttPublisher:
         self.counters.connected = True
         log.info("mqtt: connected to %s:%d%s", self.cfg.host, self.cfg.port,
                  "" if self.counters.connects == 1 else f" (reconnect {self.counters.reconnects})")
-        client.publish(self.topics.status, ONLINE, qos=1, retain=True)
-        if self.cfg.discovery:
+        if self.availability:
+            client.publish(self.topics.status, ONLINE, qos=1, retain=True)
+        if self.cfg.discovery and self.availability:
             for topic, payload in discovery_messages(self.cfg, self.topics, self.cameras):
                 client.publish(topic, payload, qos=1, retain=True)
         self._wake.set()
@@ -339,7 +345,7 @@ class MqttPublisher:
         self._wake.set()
         if self._sender is not None:
             self._sender.join(timeout=2.0)
-        if self.counters.connected:
+        if self.counters.connected and self.availability:
             info = self._client.publish(self.topics.status, OFFLINE, qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout=timeout_s)
@@ -353,3 +359,50 @@ class MqttPublisher:
         return {"connected": c.connected, "reconnects": c.reconnects, "refused": c.refused,
                 "published": c.published, "acked": c.acked, "rejected": c.rejected,
                 "dropped": dict(c.dropped), "outbox_depth": self.outbox.depth()}
+
+
+class MqttSink:
+    """A pipeline sink (see :class:`edgeav.pipeline.Sink`) that publishes one camera's records.
+
+    Events and alerts go through the outbox. With a clip recorder, an alert is committed to the
+    outbox at once but *held* while its evidence clip is recorded, then released with the clip's
+    path and sha256 (or without, when no clip could be made): a crash meanwhile still delivers it.
+    ``state=True`` also publishes the camera's retained state from its windows (the daemon; replay
+    publishes events and alerts only).
+    """
+
+    def __init__(self, publisher: MqttPublisher, clips: Any = None, state: bool = True) -> None:
+        self.publisher = publisher
+        self.clips = clips
+        self.state = state
+
+    def window(self, record: dict[str, Any]) -> None:
+        if self.state:
+            self.publisher.publish_state(record["camera"], record)
+
+    def event(self, record: dict[str, Any]) -> None:
+        self.publisher.publish_record(record)
+
+    def alert(self, record: dict[str, Any]) -> None:
+        if self.clips is None:
+            self.publisher.publish_record(record)
+            return
+        seq = self.publisher.publish_record(record, held=True)
+
+        def done(clip: dict[str, str] | None, seq: int = seq, record: dict[str, Any] = record) -> None:
+            self.publisher.release(seq, {**record, "clip": clip} if clip else record)
+
+        self.clips.request(record["t_start"], record["t_end"], record["id"][:8], done)
+
+
+def publisher_from_config(config: Any, cameras: Iterable[str], *, helper: bool = False) -> MqttPublisher:
+    """The publisher of a loaded :class:`edgeav.config.Config` (its ``mqtt`` section must be set).
+
+    ``helper=True`` (``edgeav replay``): its own client id, so it never kicks the daemon of the same
+    node off the broker, and no availability messages (the node's status is the daemon's).
+    """
+    mqtt = config.mqtt
+    assert mqtt is not None
+    outbox = Outbox(config.storage.state_dir)
+    client_id = f"{mqtt.client_id}-replay-{os.getpid()}" if helper else None
+    return MqttPublisher(mqtt, config.node.name, outbox, cameras, availability=not helper, client_id=client_id)
