@@ -137,6 +137,13 @@ def run(args: argparse.Namespace) -> int:
 
     files = media.find_footage(args.footage)
     events, anomaly, _cfg = _params_from_config(args.config)
+    publisher = None
+    if _cfg is not None and _cfg.mqtt is not None:
+        # The daemon's payloads through the daemon's durable outbox (issue 10).
+        from edgeav.mqtt import MqttSink, publisher_from_config
+
+        publisher = publisher_from_config(_cfg, [args.camera or f.stem for f in files], helper=True)
+        publisher.start()  # connects in the background while the footage is processed
     bundle = load_bundle(args.models, threads=args.threads)
     if anomaly is not None and bundle.anomaly is not None:
         anomaly = AnomalyParams(bundle.anomaly.threshold, anomaly.min_duration_s, anomaly.cooldown_s)
@@ -158,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
                 sinks.append(JsonLinesSink(out_f, frozenset({"event", "alert"})))
             if win_f is not None:
                 sinks.append(JsonLinesSink(win_f, frozenset({"window"})))
+            if publisher is not None:
+                sinks.append(MqttSink(publisher, state=False))
             camera = args.camera or path.stem
             pipeline = CameraPipeline(camera, bundle, sinks, events=events, anomaly=anomaly,
                                       source_id=str(path), batch_size=args.batch, index=index)
@@ -182,11 +191,25 @@ def run(args: argparse.Namespace) -> int:
                 totals["times"][key] += value
     if index is not None:
         index.close()
+    if publisher is not None:
+        _drain(publisher, args.drain_timeout)
     if args.stats:
         with atomic_output(args.stats) as f:
             assert f is not None
             json.dump(totals, f, indent=1)
     return 0
+
+
+def _drain(publisher: Any, timeout_s: float) -> None:
+    """Wait for the broker to acknowledge what this run queued, then say what (if anything) is left."""
+    left = publisher.wait_drained(timeout_s)
+    publisher.stop()
+    publisher.outbox.close()
+    if left:
+        sys.stderr.write(f"edgeav: mqtt: {left} message(s) remain queued in {publisher.outbox.path} after "
+                         f"{timeout_s:g} s; the next run with the same storage.state_dir delivers them\n")
+    else:
+        sys.stderr.write("edgeav: mqtt: every event and alert was delivered to the broker\n")
 
 
 def register(subparsers: Any) -> None:
@@ -205,4 +228,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--quiet", action="store_true", help="print no summary and no progress")
     p.add_argument("--index", metavar="DIR", help="append every window's embeddings to this index (edgeav search)")
     p.add_argument("--stats", metavar="STATS.json", help="write counts and per-stage times as JSON")
+    p.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
+                   help="with an mqtt config section: wait at most S seconds for the broker to acknowledge "
+                        "everything queued (default 30); what is left is delivered by the next run")
     p.set_defaults(func=run)
