@@ -12,6 +12,7 @@ frequency domain, envelopes; no per-sample Python loops.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -318,8 +319,8 @@ def event_sound(ev: Event, sr: int) -> np.ndarray:
             tt = np.arange(m) / sr
             tink = np.zeros(m)
             for _ in range(3):
-                f = min(rng.uniform(2500, 7500) * pitch, 0.45 * sr)
-                tink += np.sin(2 * math.pi * f * tt)
+                partial = min(float(rng.uniform(2500, 7500)) * pitch, 0.45 * sr)
+                tink += np.sin(2 * math.pi * partial * tt)
             level = rng.uniform(0.3, 1.0) * (1 - 0.5 * at / n)
             _place(s, (tink * np.exp(-tt / rng.uniform(0.015, 0.06)) * level).astype(np.float32), at)
         s *= np.minimum(1.0, (T - t) / 0.1)
@@ -395,7 +396,7 @@ class Soundtrack:
         for ev in events:
             if ev.aud is not None:
                 a = round(ev.aud[0] * sr)
-                self.sources.append((a, round(ev.aud[1] * sr) - a, lambda ev=ev: event_sound(ev, sr)))
+                self.sources.append((a, round(ev.aud[1] * sr) - a, functools.partial(event_sound, ev, sr)))
         crng = rng_for(seed, STREAM_AMBIENT_AUDIO, 1)
         t = 0.0
         i = 0
@@ -406,7 +407,7 @@ class Soundtrack:
             d = float(crng.uniform(3.0, 8.0))
             a = round(t * sr)
             n = min(round(d * sr), self.n_total - a)
-            self.sources.append((a, n, lambda n=n, i=i: self._chatter(n, i)))
+            self.sources.append((a, n, functools.partial(self._chatter, n, i)))
             i += 1
         self.sources.sort(key=lambda s: s[0])
         self._cache: dict[int, np.ndarray] = {}
@@ -421,7 +422,7 @@ class Soundtrack:
 
     def _level(self, t: np.ndarray) -> np.ndarray:
         lo, hi = self.profile.ambient_db
-        x = sum(np.sin(2 * math.pi * t / per + ph) for per, ph in self.level_waves) / 2
+        x = np.sum([np.sin(2 * math.pi * t / per + ph) for per, ph in self.level_waves], axis=0) / 2
         return (10 ** ((lo + (hi - lo) * (0.5 + 0.5 * x)) / 20)).astype(np.float32)
 
     def _segment(self, k: int) -> np.ndarray:

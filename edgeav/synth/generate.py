@@ -96,6 +96,8 @@ def synthesize(out_path: str | os.PathLike[str], *, seconds: float, seed: int, p
 
     n_frames = round(seconds * rate)
     writer = Mp4Writer(out, width, height, rate, sample_rate)
+    side = sidecar_path(out)
+    side_tmp = side.with_name(f".{side.name}.partial-{os.getpid()}")
     try:
         next_visual, active = 0, []
         next_chunk = 0
@@ -117,16 +119,16 @@ def synthesize(out_path: str | os.PathLike[str], *, seconds: float, seed: int, p
             writer.write_audio(sound.render_chunk(next_chunk), next_chunk * sound.chunk)
             next_chunk += 1
         labels = Labels(footage=out.name, duration=float(seconds), events=tuple(e.label() for e in timeline))
-        side = sidecar_path(out)
-        side_tmp = side.with_name(f".{side.name}.partial-{os.getpid()}")
         side_tmp.write_text(json.dumps(_sidecar(labels, timeline, seed=seed, profile=profile, width=width,
                                                 height=height, fps=fps, sample_rate=sample_rate), indent=1) + "\n")
         writer.close()
         os.replace(side_tmp, side)
     except (OSError, av.error.FFmpegError) as exc:  # type: ignore[attr-defined]
         writer.abort()
+        side_tmp.unlink(missing_ok=True)
         raise RuntimeFailure(f"{out}: writing failed: {getattr(exc, 'strerror', None) or exc}") from None
     except BaseException:
         writer.abort()
+        side_tmp.unlink(missing_ok=True)
         raise
     return labels

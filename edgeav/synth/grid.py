@@ -60,6 +60,7 @@ def decode_at(path: Path, times: list[float]) -> list[np.ndarray]:
     with av.open(str(path)) as c:
         s = c.streams.video[0]
         for frame in c.decode(s):
+            assert frame.pts is not None and s.time_base is not None
             ft = float(frame.pts * s.time_base)
             for i, t in list(wanted.items()):
                 if ft >= t - 1e-6:
@@ -70,7 +71,8 @@ def decode_at(path: Path, times: list[float]) -> list[np.ndarray]:
     return [out[i] for i in range(len(times))]
 
 
-def make_grid(out_png: Path, seed: int = 7, width: int = 640, height: int = 360, cols: int = 3) -> None:
+def make_grid(out_png: Path, seed: int = 7, width: int = 640, height: int = 360, cols: int = 3,
+              tile_width: int = 384) -> None:
     events = [{"kind": k, "start": s, **p} for k, s, p in SHOWCASE]
     with tempfile.TemporaryDirectory() as tmp:
         mp4 = Path(tmp) / "showcase.mp4"
@@ -83,8 +85,9 @@ def make_grid(out_png: Path, seed: int = 7, width: int = 640, height: int = 360,
         active = [e for e in labels.events if e.start <= t < e.end]
         text = ", ".join(e.label + ("" if e.visible else " (heard)") + (" [anomaly]" if e.anomaly else "")
                          for e in active) or "background"
-        bar = np.full((28, width, 3), 20, np.uint8)
-        cv2.putText(bar, f"t={t:5.1f}s  {text}", (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1,
+        img = cv2.resize(img, (tile_width, round(height * tile_width / width)), interpolation=cv2.INTER_AREA)
+        bar = np.full((24, tile_width, 3), 20, np.uint8)
+        cv2.putText(bar, f"t={t:5.1f}s  {text}", (6, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
                     cv2.LINE_AA)
         tiles.append(np.vstack([bar, img]))
     while len(tiles) % cols:
@@ -92,7 +95,7 @@ def make_grid(out_png: Path, seed: int = 7, width: int = 640, height: int = 360,
     rows = [np.hstack(tiles[i:i + cols]) for i in range(0, len(tiles), cols)]
     grid = np.vstack(rows)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out_png), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
+    if not cv2.imwrite(str(out_png), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9]):
         raise SystemExit(f"cannot write {out_png}")
 
 

@@ -34,7 +34,7 @@ _LIGHT_UPDATES_PER_S = 5.0
 
 
 def _texture(rng: np.random.Generator, h: int, w: int, sigma: float, blur: float) -> np.ndarray:
-    n = rng.normal(0.0, sigma, (h, w)).astype(np.float32)
+    n: np.ndarray = rng.normal(0.0, sigma, (h, w)).astype(np.float32)
     if blur > 0:
         n = cv2.GaussianBlur(n, (0, 0), blur)
     return n
@@ -84,6 +84,8 @@ class Scene:
         sky_top, sky_low = np.array([95, 140, 200]) * rng.uniform(0.85, 1.1), np.array([190, 205, 220])
         ramp = np.linspace(0, 1, y_hor)[:, None, None]
         img[:y_hor] = sky_top * (1 - ramp) + sky_low * ramp
+        sky = np.zeros((h, w), np.float32)  # 1 where the sky shows: cloud shadows fall on everything else
+        sky[:y_hor] = 1.0
         # Buildings: blocks of varied height and colour, with window grids and shop fronts.
         x = -int(rng.integers(0, max(2, w // 10)))
         while x < w:
@@ -91,6 +93,7 @@ class Scene:
             top = int(rng.uniform(0.06, 0.3) * h)
             base = np.array(random_colour(rng), np.float32) * 0.5 + 70
             img[top:y_hor, max(x, 0):x + bw] = base
+            sky[top:y_hor, max(x, 0):x + bw] = 0.0
             wy, wx = max(3, h // 40), max(3, w // 70)
             win = np.array((60, 70, 85), np.float32) * rng.uniform(0.7, 1.3)
             for yy in range(top + wy, round(0.36 * h), 3 * wy):
@@ -122,6 +125,7 @@ class Scene:
         # Texture: fine grain plus blotches, so the background is not flat colour.
         tex = _texture(rng, h, w, 7.0, 0.7) + _texture(rng, h, w, 30.0, 6.0)
         img += tex[:, :, None]
+        self.sky = sky
         return np.clip(img, 0, 255).astype(np.uint8)
 
     def _draw_occluders(self, rng: np.random.Generator) -> tuple[Layer, Layer]:
@@ -129,7 +133,7 @@ class Scene:
         # A parked vehicle at the near kerb: in front of the near lane, behind the near sidewalk.
         rgb, mask = np.zeros((h, w, 3), np.uint8), np.zeros((h, w), np.uint8)
         length = 118 * h / 360.0 * rng.uniform(0.9, 1.2)
-        x = rng.uniform(0.3, 0.7) * w
+        x = (rng.uniform(0.02, 0.25) if rng.random() < 0.5 else rng.uniform(0.55, 0.8)) * w
         colour = random_colour(rng)
         for canvas, c in ((rgb, colour), (mask, (255,) * 3)):
             if canvas.ndim == 2:
@@ -170,14 +174,14 @@ class Scene:
         self.flicker = [(rng.uniform(20, 90), rng.uniform(0, 2 * math.pi)) for _ in range(3)]
         # A horizontally periodic cloud field, 4 views wide, drifting with the wind.
         tw = self.lw * 4
-        field = rng.normal(0.0, 1.0, (self.lh, tw)).astype(np.float32)
+        field: np.ndarray = rng.normal(0.0, 1.0, (self.lh, tw)).astype(np.float32)
         field = cv2.GaussianBlur(cv2.copyMakeBorder(field, 0, 0, tw, tw, cv2.BORDER_WRAP), (0, 0),
                                  max(1.0, self.lw / 6))[:, tw:2 * tw]
         field = (field - field.mean()) / (field.std() + 1e-6)
         blobs = np.clip((field - 0.3) * 1.5, 0, 1)        # patches of shadow with soft edges
         self.cloud = np.ascontiguousarray(1.0 - p.clouds * blobs, dtype=np.float32)
         self.cloud_speed = rng.uniform(0.3, 1.2) * self.lw / 60.0 * (1 if rng.random() < 0.5 else -1)
-        self.ground_rows = np.arange(self.lh) >= round(HORIZON * self.lh)
+        self.shadow_weight = 1.0 - cv2.resize(self.sky, (self.lw, self.lh), interpolation=cv2.INTER_AREA)
         self._light_key: int | None = None
         self._light = np.zeros((0, 0, 3), np.uint8)
 
@@ -202,7 +206,7 @@ class Scene:
         f = shift - i
         idx = (np.arange(self.lw) + i) % self.cloud.shape[1]
         cloud = self.cloud[:, idx] * (1 - f) + self.cloud[:, (idx + 1) % self.cloud.shape[1]] * f
-        cloud[~self.ground_rows] = 1.0
+        cloud = 1.0 - (1.0 - cloud) * self.shadow_weight
         small = cloud[:, :, None] * (128.0 * self.gain(t))[None, None, :]
         small = np.clip(small, 0, 255).astype(np.uint8)
         return cv2.resize(small, (self.w, self.h), interpolation=cv2.INTER_LINEAR)

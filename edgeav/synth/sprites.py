@@ -80,6 +80,7 @@ def draw_vehicle(img: np.ndarray, x: float, yb: float, length: float, body: str,
         pts = np.array([[X(px), yb - py * length] for px, py in points], dtype=np.float32)
         cv2.fillPoly(img, [np.round(pts).astype(np.int32)], c, cv2.LINE_AA)
 
+    wheels: tuple[float, ...]
     if body == "car":
         r = 0.095
         poly([(0.0, 0.08), (0.0, 0.24), (0.05, 0.27), (0.95, 0.26), (1.0, 0.2), (1.0, 0.08)], col)
@@ -334,7 +335,7 @@ class Blast(Visual):
             if flash < 0.02:
                 continue
             gain = (35 if self.gunshot else 140) * flash
-            cv2.add(img, (gain, gain * 0.85, gain * 0.6, 0), dst=img)
+            cv2.add(img, (gain, gain * 0.85, gain * 0.6, 0), dst=img)  # type: ignore[call-overload]
             r = self.scale * ((0.25 if self.gunshot else 1.0) * min(1.0, 0.3 + age * 4))
             cv2.circle(img, _p(self.x, self.y - 0.5 * r), max(1, round(r)), (255, round(150 + 90 * flash), 40),
                        -1, cv2.LINE_AA)
@@ -392,7 +393,7 @@ class Crash(Visual):
         age = t - self.t_hit
         if 0 <= age < 0.3:
             g = 60 * math.exp(-age / 0.08)
-            cv2.add(img, (g, g, g, 0), dst=img)
+            cv2.add(img, (g, g, g, 0), dst=img)  # type: ignore[call-overload]
 
 
 def _people(rng: np.random.Generator, n: int, h: float, spacing: float) -> list:

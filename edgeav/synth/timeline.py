@@ -201,12 +201,12 @@ def random_timeline(profile: Profile, *, seed: int, seconds: float) -> list[Even
                 break
             rng = rng_for(seed, STREAM_EVENT, kind_key(kind), n)
             n += 1
-            spec = {"kind": kind, "start": round(t, 3)}
             # Draw the span first so an event that would run past the end is skipped, not cut.
             span = (8.0, 16.0) if kind == "siren" else KINDS[kind].duration
-            spec["duration"] = round(float(rng.uniform(*span)), 3)
-            if t + spec["duration"] > seconds:
+            duration = round(float(rng.uniform(*span)), 3)
+            if t + duration > seconds:
                 continue
+            spec = {"kind": kind, "start": round(t, 3), "duration": duration}
             out.append(resolve_event(spec, seed=seed, index=n, where=f"{kind}#{n}", seconds=seconds, rng=rng))
     return sorted(out, key=lambda e: (e.start, e.kind))
 
