@@ -430,12 +430,12 @@ def embed_footage(bundle: Bundle, items: Iterable[str | Path], require_labels: b
     missing or bad sidecar fails fast with a one-line error naming it.
     """
     from edgeav import media  # PyAV decoding; loading a bundle alone does not need it
-    from edgeav.labels import BACKGROUND, load_labels, sidecar_path
+    from edgeav.labels import BACKGROUND, Labels, load_labels, sidecar_path
 
     files = media.find_footage([str(i) for i in items])
     if not files:
         raise UserError(f"no footage files in {', '.join(map(str, items))}")
-    sidecars = []
+    sidecars: list[Labels | None] = []
     for f in files:
         sc = sidecar_path(f)
         if sc.is_file():

@@ -228,6 +228,11 @@ def run(args: argparse.Namespace) -> int:
     mem, metrics = calibrate(x[mask], bundle.window_spec.hop_s, args.false_alarms_per_hour, k=args.k,
                              memory_size=args.memory_size, features=args.features)
     metrics["windows_marked_anomalous_left_out"] = dropped
+    if metrics["threshold_method"].startswith("exponential"):
+        need_min = 300.0 / args.false_alarms_per_hour  # n * p >= 5 windows above it, in minutes
+        log.warning("calibrate: %.1f min of normal footage is too short to observe %g false alarms/hour; the threshold "
+                    "is extrapolated from the score tail (about %.0f min would measure it directly)",
+                    metrics["normal_hours"] * 60, args.false_alarms_per_hour, need_min)
     name = add_content_named_file(d, "anomaly", mem.save)
     manifest = dict(bundle.manifest)
     manifest["anomaly"] = {

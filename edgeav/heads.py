@@ -246,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
         "joint": "concat(l2norm(audio), l2norm(video))",
         "precision": bundle.precision,
         "class_names": head.class_names,
-        "thresholds": {c: float(t) for c, t in zip(head.class_names, head.thresholds, strict=True)},
+        "thresholds": {c: round(float(t), 3) for c, t in zip(head.class_names, head.thresholds, strict=True)},
         "footage": [str(p) for p in paths],
         "metrics": metrics,
     }
