@@ -50,6 +50,10 @@ class MediaInfo:
     audio_codec: str
 
     @property
+    def has_audio(self) -> bool:
+        return self.sample_rate > 0
+
+    @property
     def separate_audio(self) -> bool:
         return self.audio_path != self.path
 
@@ -160,8 +164,12 @@ def wav_companion(path: Path) -> Path | None:
     return None
 
 
-def probe(path: str | os.PathLike[str]) -> MediaInfo:
-    """Read the headers: streams, duration, size, fps, sample rate. Raises :class:`UserError` for bad footage."""
+def probe(path: str | os.PathLike[str], require_audio: bool = True) -> MediaInfo:
+    """Read the headers: streams, duration, size, fps, sample rate. Raises :class:`UserError` for bad footage.
+
+    ``require_audio=False`` accepts video-only footage (replay's degraded mode: windows flagged as having
+    no audio); its ``sample_rate`` is then 0 and :attr:`MediaInfo.has_audio` is False.
+    """
     p = Path(path)
     with _open(p) as c:
         if not c.streams.video:
@@ -183,6 +191,9 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
             sr, ch, acodec = int(a.codec_context.sample_rate), int(a.codec_context.channels), a.codec_context.name
         else:
             wav = wav_companion(p)
+            if wav is None and not require_audio:
+                return MediaInfo(path=p, audio_path=p, duration=duration, width=width, height=height, fps=fps,
+                                 sample_rate=0, channels=0, video_codec=vcodec, audio_codec="")
             if wav is None:
                 raise UserError(f"{p}: no audio stream (and no {p.stem}.wav beside it)")
             with _open(wav) as w:
@@ -338,6 +349,17 @@ def _sample_frames(path: Path, wanted: np.ndarray, spec: WindowSpec) -> tuple[np
     return out, last_t + dt, count
 
 
+def check_decoded_length(info: MediaInfo, video_end: float, audio_end: float | None) -> None:
+    """Refuse footage whose video or audio decodes to well short of the duration its header declares."""
+    if not np.isfinite(info.duration):
+        return
+    tol = max(TRUNCATION_TOLERANCE_S, TRUNCATION_TOLERANCE_FRAC * info.duration)
+    for what, end in (("video", video_end), ("audio", audio_end)):
+        if end is not None and end < info.duration - tol:
+            raise UserError(f"{info.path}: truncated: its {what} decodes to {end:.1f} s of the "
+                            f"{info.duration:.1f} s its header declares")
+
+
 def footage_windows(path: str | os.PathLike[str], spec: WindowSpec | None = None,
                     info: MediaInfo | None = None, check_truncation: bool = True) -> FootageWindows:
     """Decode a footage file into all its whole windows (both modalities covered).
@@ -357,12 +379,8 @@ def footage_windows(path: str | os.PathLike[str], spec: WindowSpec | None = None
     wanted_all = np.concatenate([spec.frame_times(t) for t in t_candidates]) if len(t_candidates) else np.zeros(0)
     uniq, inverse = np.unique(wanted_all, return_inverse=True)
     picked, video_end, _ = _sample_frames(p, uniq, spec)
-    if check_truncation and np.isfinite(info.duration):
-        tol = max(TRUNCATION_TOLERANCE_S, TRUNCATION_TOLERANCE_FRAC * info.duration)
-        for what, end in (("video", video_end), ("audio", audio_end)):
-            if end < info.duration - tol:
-                raise UserError(f"{p}: truncated: its {what} decodes to {end:.1f} s of the "
-                                f"{info.duration:.1f} s its header declares")
+    if check_truncation:
+        check_decoded_length(info, video_end, audio_end)
     duration = min(video_end, audio_end)
     n = len(spec.window_starts(duration))
     t_starts = t_candidates[:n]

@@ -230,7 +230,7 @@ def file_items(path: str | Path, spec: WindowSpec, av_offset_s: float = 0.0,
     """
     from edgeav import media
 
-    info = media.probe(path)
+    info = media.probe(path, require_audio=False)
 
     def timed(it: Iterator[tuple[float, Any]], kind: str, shift: float) -> Iterator[tuple[float, str, Any]]:
         while True:
@@ -246,6 +246,10 @@ def file_items(path: str | Path, spec: WindowSpec, av_offset_s: float = 0.0,
             yield t - shift, kind, item
 
     video = timed(media.iter_video_frames(path), VIDEO, 0.0)
+    if not info.has_audio:  # degraded mode: video-only windows, flagged as missing audio
+        for t, kind, item in video:
+            yield kind, t, item
+        return
     audio = timed(media.iter_audio_blocks(path, spec.sample_rate, info.audio_path), AUDIO, av_offset_s)
     for t, kind, item in heapq.merge(video, audio, key=lambda x: x[0]):
         yield kind, t, item
@@ -254,15 +258,22 @@ def file_items(path: str | Path, spec: WindowSpec, av_offset_s: float = 0.0,
 def run_file(path: str | Path, pipeline: CameraPipeline, av_offset_s: float = 0.0,
              progress: Callable[[float], None] | None = None) -> PipelineStats:
     """Replay one file through ``pipeline``: every window, none dropped, in order."""
+    from edgeav import media
+
     spec = pipeline.bundle.window_spec
     stats = pipeline.stats
     asm = WindowAssembler(spec, frame_converter(spec, stats))
+    info = media.probe(path, require_audio=False)
+    if not info.has_audio:
+        asm.end_audio()
     for kind, t, item in file_items(path, spec, av_offset_s, stats):
         got = asm.add_video_frame(t, item) if kind == VIDEO else asm.add_audio(t, item)
         if got:
             pipeline.submit(got)
             if progress is not None:
                 progress(got[-1].t_end)
+    # A file cut short (a recorder that died) must not pass as complete footage.
+    media.check_decoded_length(info, asm.video_end, asm.audio_end if info.has_audio else None)
     pipeline.submit(asm.finish())
     pipeline.close()
     stats.frames_converted = asm.frames_converted

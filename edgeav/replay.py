@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.models, threads=args.threads)
     if anomaly is not None and bundle.anomaly is not None:
         anomaly = AnomalyParams(bundle.anomaly.threshold, anomaly.min_duration_s, anomaly.cooldown_s)
-    infos = [media.probe(f) for f in files]  # fail on bad footage before writing anything
+    infos = [media.probe(f, require_audio=False) for f in files]  # fail on bad footage before writing anything
     show_progress = sys.stderr.isatty() and not args.quiet
     index = None
     if args.index:

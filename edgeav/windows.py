@@ -155,6 +155,16 @@ class WindowAssembler:
         self._pending.clear()
         return out
 
+    @property
+    def video_end(self) -> float:
+        """End of the video seen so far (last frame time plus one frame interval); -inf before any frame."""
+        return self._video_end + self._frame_dt
+
+    @property
+    def audio_end(self) -> float:
+        """Clock time just after the last audio sample seen; -inf before any audio."""
+        return self._audio_end
+
     # --------------------------------------------------------------- internals
     @property
     def _audio_end(self) -> float:

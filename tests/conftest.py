@@ -40,3 +40,37 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str,
 @pytest.fixture
 def edgeav_cli():
     return run_edgeav
+
+
+@pytest.fixture(scope="session")
+def footage_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Short synth footage shared by the pipeline tests (320x180, 15 fps, labelled sidecars):
+    ``normal.mp4`` (street, 60 s) and ``anomalies.mp4`` (scripted events with anomalies, 40 s)."""
+    from edgeav.synth import synthesize
+
+    d = tmp_path_factory.mktemp("footage")
+    synthesize(d / "normal.mp4", seconds=60, seed=11, profile="street", width=320, height=180)
+    synthesize(d / "anomalies.mp4", seconds=40, seed=12, profile="street", width=320, height=180,
+               events=[{"kind": "car", "start": 3.0}, {"kind": "explosion", "start": 14.0},
+                       {"kind": "dog", "start": 22.0}, {"kind": "glass_break", "start": 31.0}])
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(footage_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete bundle (encoders, event head, anomaly memory) made by the real commands:
+    ``train --epochs 0`` (untrained encoders: fast; the tests using it check plumbing, not accuracy),
+    ``export``, ``fit-events`` and ``calibrate`` on ``footage_dir/normal.mp4``."""
+    d = tmp_path_factory.mktemp("bundle")
+    normal = footage_dir / "normal.mp4"
+    steps = [
+        ("train", str(normal), "--out", str(d / "run"), "--epochs", "0", "--no-progress",
+         "--cache-dir", str(d / "cache")),
+        ("export", str(d / "run"), "--out", str(d / "bundle")),
+        ("fit-events", "--models", str(d / "bundle"), str(normal)),
+        ("calibrate", "--models", str(d / "bundle"), str(normal)),
+    ]
+    for step in steps:
+        proc = run_edgeav(*step, timeout=600)
+        assert proc.returncode == 0, f"edgeav {step[0]} failed: {proc.stderr}"
+    return d / "bundle"
