@@ -163,7 +163,7 @@ def embed_windows(model: DualEncoder, ds: WindowDataset, idx: np.ndarray, device
         za.append(model.audio(torch.from_numpy(audio).to(device)).cpu().numpy())
         zv.append(model.video(torch.from_numpy(frames).to(device)).cpu().numpy())
     model.train(was_training)
-    d = model.audio.proj[-1].out_features
+    d = int(model.audio.proj[-1].out_features)
     if not za:
         return np.zeros((0, d), np.float32), np.zeros((0, d), np.float32)
     return np.concatenate(za), np.concatenate(zv)
@@ -388,9 +388,9 @@ def train(footage: list[str], out_dir: str | Path, cfg: Config, *, resume: bool 
             write_log({"event": "untrained", "epoch": 0, **{f"val_{k}": v for k, v in untrained.items()}})
             say(f"edgeav train: untrained held-out R@1 audio->video {untrained.get('r1_a2v', float('nan')):.3f} "
                 f"(chance {untrained.get('chance_r1', float('nan')):.3f})")
-            if cfg.train.epochs == 0:
-                metrics = {"untrained": untrained, **{f"val_{k}": v for k, v in untrained.items()}}
-                summary = checkpoint(0, None, metrics, is_best=False)
+            # epoch_000.pt: the untrained encoders with their normalisation, the floor every evaluation reports.
+            metrics = {"untrained": untrained, **{f"val_{k}": v for k, v in untrained.items()}}
+            summary = checkpoint(0, None, metrics, is_best=False)
         if start_epoch > cfg.train.epochs and resume:
             say(f"edgeav train: {out} already trained for {start_epoch - 1} epoch(s); nothing to do")
         stale = 0

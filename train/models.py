@@ -146,7 +146,7 @@ def _conv_block(cin: int, cout: int, stride: int) -> nn.Sequential:
 
 
 def _cnn(cin: int, channels: list[int], blocks: list[int]) -> nn.Sequential:
-    """Stages of one stride-2 conv then ``blocks[i]`` stride-1 convs; global average pool at the end."""
+    """Stages of one stride-2 conv then ``blocks[i]`` stride-1 convs; returns the feature map (no pooling)."""
     if len(channels) != len(blocks):
         raise ValueError(f"channels {channels} and blocks {blocks} must have the same length")
     layers: list[nn.Module] = []
@@ -155,13 +155,18 @@ def _cnn(cin: int, channels: list[int], blocks: list[int]) -> nn.Sequential:
         layers.append(_conv_block(c, cout, 2))
         layers.extend(_conv_block(cout, cout, 1) for _ in range(nb))
         c = cout
-    layers.append(nn.AdaptiveAvgPool2d(1))
-    layers.append(nn.Flatten(1))
     return nn.Sequential(*layers)
 
 
-def _projection(p: int, d: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(p, p), nn.ReLU(inplace=True), nn.Linear(p, d))
+def _out_size(n: int, stages: int) -> int:
+    """Size after ``stages`` stride-2, kernel-3, padding-1 convolutions."""
+    for _ in range(stages):
+        n = (n - 1) // 2 + 1
+    return n
+
+
+def _projection(p: int, d: int, hidden: int = 256) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(p, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, d))
 
 
 class AudioEncoder(nn.Module):
@@ -178,7 +183,10 @@ class AudioEncoder(nn.Module):
         self.register_buffer("mel_mean", torch.zeros(int(a["n_mels"]), 1))
         self.register_buffer("mel_std", torch.ones(int(a["n_mels"]), 1))
         self.cnn = _cnn(1, list(a["channels"]), list(a["blocks"]))
-        self.proj = _projection(int(a["channels"][-1]), int(params["embed_dim"]))
+        # Pool over time only: which mel bands are active is what tells sounds apart (pitch, engine vs bark).
+        self.freq_out = _out_size(int(a["n_mels"]), len(a["channels"]))
+        self.feature_dim = int(a["channels"][-1]) * self.freq_out
+        self.proj = _projection(self.feature_dim, int(params["embed_dim"]))
 
     def frontend_params(self) -> dict[str, Any]:
         """Front end parameters for the bundle manifest (sample counts at ``sample_rate``)."""
@@ -189,8 +197,9 @@ class AudioEncoder(nn.Module):
         return (self.frontend(wave) - self.mel_mean) / self.mel_std
 
     def features(self, wave: torch.Tensor) -> torch.Tensor:
-        """Pooled pre-projection features ``[B, P]``."""
-        return self.cnn(self.log_mel(wave).unsqueeze(1))
+        """Pre-projection features ``[B, P]``: the CNN map averaged over time, per frequency row."""
+        x = self.cnn(self.log_mel(wave).unsqueeze(1))  # [B, C, F', T']
+        return x.mean(dim=3).flatten(1)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.proj(self.features(wave)), dim=-1)
@@ -212,7 +221,16 @@ class VideoEncoder(nn.Module):
         self.register_buffer("mean", torch.full((3,), 0.5))
         self.register_buffer("std", torch.full((3,), 0.25))
         self.cnn = _cnn(3 * self.frames, list(v["channels"]), list(v["blocks"]))
-        self.proj = _projection(int(v["channels"][-1]), int(params["embed_dim"]))
+        # Global average pooling alone forgets *where* things are; a 1x1 squeeze to a few channels kept per
+        # cell of the final grid keeps position (a car on the left sounds different from one on the right).
+        c = int(v["channels"][-1])
+        stages = len(v["channels"])
+        h = _out_size(int(params["window"]["frame_height"]), stages)
+        w = _out_size(int(params["window"]["frame_width"]), stages)
+        g = int(v.get("grid_channels", 16))
+        self.squeeze = nn.Conv2d(c, g, 1)
+        self.feature_dim = c + g * h * w
+        self.proj = _projection(self.feature_dim, int(params["embed_dim"]))
 
     def normalise(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 ``[B, F, H, W, 3]`` -> float ``[B, F*3, H, W]`` normalised per channel."""
@@ -222,8 +240,9 @@ class VideoEncoder(nn.Module):
         return x.permute(0, 1, 4, 2, 3).reshape(b, f * c, h, w)
 
     def features(self, frames: torch.Tensor) -> torch.Tensor:
-        """Pooled pre-projection features ``[B, P]``."""
-        return self.cnn(self.normalise(frames))
+        """Pre-projection features ``[B, P]``: global average of the map, then the squeezed grid."""
+        x = self.cnn(self.normalise(frames))  # [B, C, H', W']
+        return torch.cat([x.mean(dim=(2, 3)), torch.relu(self.squeeze(x)).flatten(1)], dim=1)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.proj(self.features(frames)), dim=-1)

@@ -62,6 +62,7 @@ class AudioCfg(_Strict):
 class VideoCfg(_Strict):
     channels: list[int] = Field(default_factory=lambda: [24, 48, 96, 128])
     blocks: list[int] = Field(default_factory=lambda: [0, 1, 1, 1])
+    grid_channels: int = Field(16, ge=1)  # channels kept per cell of the final grid (position information)
 
     @model_validator(mode="after")
     def _shape(self) -> VideoCfg:
