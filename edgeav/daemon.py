@@ -163,7 +163,9 @@ class Daemon:
         else:
             sinks.append(_ClipOnlySink(clips))
         live = LiveCamera(cam_cfg, self.bundle, sinks, self.events, self._anomaly_params(self.anomaly))
-        live.add_packet_listener(clips.add_packet)
+        # Packets come without a capture time; live, their arrival time is within the stream's latency
+        # (~0.1-0.3 s) of it, well inside the seconds of context a clip keeps around an alert.
+        live.add_packet_listener(lambda packet: clips.add_packet(packet, time.time()))
         live.start()
         log.info("camera %s: started", cam_cfg.name)
         return _Camera(cam_cfg, live, clips)
@@ -316,6 +318,12 @@ class Daemon:
                 h = dict(cam.live.health())
             except Exception as exc:  # health must never take the daemon down
                 h = {"error": str(exc)}
+            stats = getattr(cam.live, "pipeline", None) and cam.live.pipeline.stats
+            if stats:  # decisions and inference time: the pipeline's counters
+                h.setdefault("events", stats.events)
+                h.setdefault("alerts", stats.alerts)
+                for stage, seconds in stats.times.as_dict().items():
+                    h[f"{stage}_seconds"] = seconds
             h["progressing"] = bool(cam.live.progressing(self.progress_timeout_s))
             if cam.clips is not None:
                 h["clips"] = cam.clips.written

@@ -72,6 +72,10 @@ CAMERA_COUNTERS = {
     "alerts": "anomaly alerts raised",
     "clips": "evidence clips written",
     "reconnects": "source reconnects",
+    "decode_seconds": "seconds spent decoding",
+    "preprocess_seconds": "seconds spent converting frames",
+    "embed_seconds": "seconds spent in the ONNX encoders (inference)",
+    "decide_seconds": "seconds spent in the event and anomaly decisions",
 }
 
 
@@ -82,6 +86,8 @@ def camera_metrics(health: Mapping[str, Mapping[str, Any]]) -> list[Metric]:
         for key, value in _numeric_leaves(h):
             if key in CAMERA_COUNTERS:
                 name, kind, text = f"edgeav_camera_{key}_total", "counter", CAMERA_COUNTERS[key]
+            elif key in ("last_progress", "last_window_end") or key.endswith("_since"):
+                continue  # timestamps, not measurements
             else:
                 name, kind, text = f"edgeav_camera_{key}", "gauge", f"camera health figure {key}"
             families.setdefault(name, Metric(name, kind, text)).add(value, camera=camera)
