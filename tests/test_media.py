@@ -1,0 +1,95 @@
+"""edgeav.media on real files written by ffmpeg/PyAV: probing, timing of frames and audio, bad footage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from footage_helpers import ffmpeg, lavfi_clip, make_bad_footage, write_av
+
+from edgeav.errors import UserError
+from edgeav.media import decode_audio, find_footage, footage_windows, iter_yuv_frames, probe
+from edgeav.preprocess import WindowSpec
+
+
+@pytest.fixture(scope="module")
+def bad_dir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_bad_footage(tmp_path_factory.mktemp("bad"))
+
+
+def test_probe_reports_streams(tmp_path: Path) -> None:
+    clip = lavfi_clip(tmp_path / "cam.mp4", seconds=3, size="320x240", fps=15)
+    info = probe(clip)
+    assert (info.width, info.height) == (320, 240)
+    assert info.fps == pytest.approx(15)
+    assert info.duration == pytest.approx(3.0, abs=0.1)
+    assert info.sample_rate == 44100 and info.channels == 2
+    assert info.audio_path == clip and not info.separate_audio
+
+
+def test_audio_is_mono_16k_and_frames_follow_the_clock(tmp_path: Path) -> None:
+    """A white flash and a beep at 2.0-2.5 s must land in the windows that cover 2.0-2.5 s, not elsewhere."""
+    fps, sr, seconds = 15, 44100, 5
+    n = fps * seconds
+    frames = np.full((n, 120, 160, 3), 30, np.uint8)
+    t = np.arange(n) / fps
+    frames[(t >= 2.0) & (t < 2.5)] = 230
+    ta = np.arange(sr * seconds) / sr
+    audio = np.where((ta >= 2.0) & (ta < 2.5), 0.5 * np.sin(2 * np.pi * 1000 * ta), 0.0).astype(np.float32)
+    clip = write_av(tmp_path / "flash.mp4", frames, audio, fps, sr)
+
+    spec = WindowSpec(window_s=0.5, hop_s=0.25, frames_per_window=2)
+    w = footage_windows(clip, spec)
+    assert w.frames.shape[1:] == (2, 64, 112, 3) and w.frames.dtype == np.uint8
+    assert w.audio.shape[1] == 8000 and w.audio.dtype == np.float32
+    brightness = w.frames.reshape(len(w), -1).mean(1)
+    loudness = np.sqrt((w.audio ** 2).mean(1))
+    flash = int(np.argmax(brightness))
+    assert w.t_starts[flash] == pytest.approx(2.0)
+    assert w.t_starts[int(np.argmax(loudness))] == pytest.approx(2.0)
+    assert brightness[np.abs(w.t_starts - 1.0) < 1e-6][0] < 60  # a window before the flash is dark
+    # Resampled to 16 kHz mono: the beep's spectrum peaks at 1 kHz.
+    spectrum = np.abs(np.fft.rfft(w.audio[flash]))
+    assert np.fft.rfftfreq(8000, 1 / 16000)[int(np.argmax(spectrum))] == pytest.approx(1000, abs=4)
+
+
+def test_video_with_a_wav_companion(tmp_path: Path) -> None:
+    lavfi_clip(tmp_path / "cam2.mp4", seconds=3, audio=False)
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=300:sample_rate=48000", "-t", "3", str(tmp_path / "cam2.wav"))
+    info = probe(tmp_path / "cam2.mp4")
+    assert info.separate_audio and info.audio_path.name == "cam2.wav" and info.sample_rate == 48000
+    audio = decode_audio(tmp_path / "cam2.mp4", audio_path=info.audio_path)
+    assert len(audio) == pytest.approx(3 * 16000, abs=200)
+    w = footage_windows(tmp_path / "cam2.mp4")
+    assert len(w) == 5 and float(np.abs(w.audio).max()) > 0.05
+
+
+def test_yuv_frames_are_i420_in_time_order(tmp_path: Path) -> None:
+    clip = lavfi_clip(tmp_path / "c.mp4", seconds=2, size="320x240", fps=10)
+    got = list(iter_yuv_frames(clip))
+    assert len(got) == 20
+    ts = [t for t, _ in got]
+    assert ts[0] == pytest.approx(0.0) and np.all(np.diff(ts) > 0)
+    assert got[0][1].shape == (360, 320) and got[0][1].dtype == np.uint8
+
+
+def test_find_footage_takes_directories_and_globs(tmp_path: Path) -> None:
+    for name in ("b.mp4", "a.mkv"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "a.labels.json").write_text("{}")
+    (tmp_path / "b.wav").write_bytes(b"x")
+    assert [p.name for p in find_footage([tmp_path])] == ["a.mkv", "b.mp4"]
+    assert [p.name for p in find_footage([str(tmp_path / "*.mp4"), tmp_path / "b.mp4"])] == ["b.mp4"]
+    with pytest.raises(UserError, match=r"nothere\.mp4: no such file"):
+        find_footage([tmp_path / "nothere.mp4"])
+
+
+@pytest.mark.parametrize("reason", ["empty", "unreadable", "no audio stream", "no video stream", "truncated",
+                                    "truncated "])
+def test_bad_footage_is_named_with_its_reason(bad_dir: dict[str, Path], reason: str) -> None:
+    path = bad_dir[reason]
+    with pytest.raises(UserError) as exc:
+        footage_windows(path)
+    msg = str(exc.value)
+    assert str(path) in msg and reason.strip() in msg and "\n" not in msg
