@@ -39,20 +39,20 @@ class KindSpec:
 
 KINDS: dict[str, KindSpec] = {k.name: k for k in (
     # recurring
-    KindSpec("car", False, True, True, ROAD, (3.0, 6.5), (-30.0, -14.0)),
-    KindSpec("truck", False, True, True, ROAD, (4.5, 9.0), (-26.0, -11.0), ("truck", "bus")),
-    KindSpec("motorbike", False, True, True, ROAD, (2.2, 4.5), (-30.0, -13.0)),
-    KindSpec("talking", False, True, True, WALK, (5.0, 11.0), (-32.0, -16.0)),
-    KindSpec("dog", False, True, True, WALK, (3.5, 8.0), (-28.0, -12.0)),
-    KindSpec("siren", False, True, True, ROAD, (3.0, 6.0), (-24.0, -10.0), ("wail", "yelp", "hilo")),
+    KindSpec("car", False, True, True, ROAD, (3.0, 6.5), (-35.0, -16.0)),
+    KindSpec("truck", False, True, True, ROAD, (4.5, 9.0), (-31.0, -13.0), ("truck", "bus")),
+    KindSpec("motorbike", False, True, True, ROAD, (2.2, 4.5), (-34.0, -14.0)),
+    KindSpec("talking", False, True, True, WALK, (5.0, 11.0), (-37.0, -18.0)),
+    KindSpec("dog", False, True, True, WALK, (3.5, 8.0), (-33.0, -14.0)),
+    KindSpec("siren", False, True, True, ROAD, (3.0, 6.0), (-29.0, -12.0), ("wail", "yelp", "hilo")),
     KindSpec("bicycle", False, False, True, ROAD, (4.0, 8.0), (-99.0, -99.0)),
-    KindSpec("offscreen", False, True, False, None, (1.0, 6.0), (-30.0, -12.0), ("horn", "construction")),
+    KindSpec("offscreen", False, True, False, None, (1.0, 6.0), (-35.0, -14.0), ("horn", "construction")),
     # anomalies
-    KindSpec("glass_break", True, True, False, None, (0.8, 2.2), (-22.0, -8.0)),
-    KindSpec("scream", True, True, False, None, (0.8, 2.5), (-22.0, -8.0)),
-    KindSpec("explosion", True, True, True, None, (2.5, 5.0), (-16.0, -4.0), ("explosion", "gunshot")),
-    KindSpec("crash", True, True, True, ROAD, (5.0, 8.0), (-18.0, -6.0)),
-    KindSpec("running", True, True, True, WALK, (2.0, 4.0), (-30.0, -16.0)),
+    KindSpec("glass_break", True, True, False, None, (0.8, 2.2), (-32.0, -12.0)),
+    KindSpec("scream", True, True, False, None, (0.8, 2.5), (-32.0, -12.0)),
+    KindSpec("explosion", True, True, True, None, (2.5, 5.0), (-24.0, -6.0), ("explosion", "gunshot")),
+    KindSpec("crash", True, True, True, ROAD, (5.0, 8.0), (-26.0, -8.0)),
+    KindSpec("running", True, True, True, WALK, (2.0, 4.0), (-36.0, -20.0)),
 )}
 
 RECURRING = ("car", "truck", "motorbike", "talking", "dog", "siren", "bicycle", "offscreen")

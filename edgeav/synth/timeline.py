@@ -115,7 +115,7 @@ def resolve_event(spec: dict, *, seed: int, index: int, where: str, seconds: flo
     speed = _number(spec, where, "speed", 0.1, 10.0)
     if duration is not None and speed is not None:
         raise UserError(f"{where}: give duration or speed, not both (speed scales the kind's typical duration)")
-    if k.path is None and speed is not None and kind != "explosion":
+    if k.path is None and speed is not None:
         raise _bad(where, "speed", speed, f"{kind} does not move; give duration")
     span_range = (8.0, 16.0) if kind == "siren" else k.duration
     if duration is None:
