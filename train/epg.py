@@ -381,7 +381,7 @@ def pair_stats(pairs: PairSet, window_labels: Sequence[str] | None = None) -> di
     return stats
 
 
-def window_labels(labels_by_file: Mapping[object, Labels], file_ids: Sequence[object] | np.ndarray,
+def window_labels(labels_by_file: Mapping[Any, Labels], file_ids: Sequence[object] | np.ndarray,
                   t_start: Sequence[float] | np.ndarray, window_s: float) -> list[str]:
     """Per-window labels from the footage sidecars (``Labels.segment_label`` of each window's span).
 
