@@ -353,6 +353,8 @@ class MqttConfig(_Section):
     port: int = Field(default=1883, ge=1, le=65535)  # default 8883 when tls is set
     prefix: TopicPrefix = "edgeav"
     qos: int = Field(default=1, ge=0, le=2)
+    # MQTT protocol version; YAML reads `5` as a number, so numbers are taken as their text.
+    protocol: Annotated[Literal["3.1.1", "5"], BeforeValidator(lambda v: str(v) if isinstance(v, int) else v)] = "3.1.1"
     keepalive: int = Field(default=60, ge=1, le=65535)  # seconds; the broker sends our last will after 1.5x this
     client_id: Annotated[str, AfterValidator(_check_token)] | None = None  # None: edgeav-<node name> (see Config)
     username: Token | None = None
