@@ -132,8 +132,9 @@ class MqttPublisher:
     """One broker connection for the node: the outbox sender, availability and best-effort topics."""
 
     def __init__(self, cfg: MqttConfig, node: str, outbox: Outbox, cameras: Iterable[str] = (), *,
-                 protocol: str = "3.1.1", max_inflight: int = 50, state_interval_s: float = 1.0,
+                 protocol: str | None = None, max_inflight: int = 50, state_interval_s: float = 1.0,
                  reconnect_max_s: float = 30.0, availability: bool = True, client_id: str | None = None) -> None:
+        protocol = protocol or cfg.protocol
         if protocol not in PROTOCOLS:
             raise UserError(f"mqtt protocol {protocol!r}: allowed: {', '.join(PROTOCOLS)}")
         self.cfg = cfg

@@ -191,13 +191,14 @@ def test_wrong_password_is_one_line_retried_and_never_logged(tmp_path, publisher
         sub.close()
 
 
-@pytest.mark.parametrize("protocol", ["5"])
-def test_tls_with_a_test_ca_and_client_certificate(tmp_path, publishers, protocol):
+def test_tls_with_a_test_ca_and_client_certificate_over_mqtt5(tmp_path, publishers):
     pki = make_test_ca(tmp_path / "pki")
     with Broker(tls={**pki, "require_certificate": True}) as broker:
-        cfg = mqtt_config(broker.port, tls={"ca_file": str(pki["cafile"]), "cert_file": str(pki["client_cert"]),
-                                            "key_file": str(pki["client_key"])})
-        pub = start_publisher(publishers, cfg, tmp_path / "s", protocol=protocol)
+        cfg = mqtt_config(broker.port, protocol=5, tls={"ca_file": str(pki["cafile"]),
+                                                        "cert_file": str(pki["client_cert"]),
+                                                        "key_file": str(pki["client_key"])})
+        pub = start_publisher(publishers, cfg, tmp_path / "s")
+        assert pub.protocol == "5"
         rec = alerts(1)[0]
         pub.publish_record(rec)
         # The outbox row leaves only on the broker's PUBACK: it arrived over the TLS connection.
@@ -210,3 +211,33 @@ def test_tls_with_a_test_ca_and_client_certificate(tmp_path, publishers, protoco
         untrusted.publish_record(rec)
         time.sleep(2)
         assert not untrusted.counters.connected and untrusted.outbox.depth() == 1
+
+
+def test_home_assistant_discovery_and_state_payloads(tmp_path, publishers):
+    with Broker() as broker:
+        sub = Subscriber(broker.port, ["homeassistant/#", f"{TOPICS.base}/#"])
+        pub = start_publisher(publishers, mqtt_config(broker.port, discovery=True), tmp_path / "s")
+        wait_until(lambda: len([t for t, _p, _r in sub.messages if t.startswith("homeassistant/")]) >= 3, 10,
+                   "discovery configs")
+        configs = {t: json.loads(p) for t, p, _r in sub.messages if t.startswith("homeassistant/")}
+        by_kind = {t.split("/")[1] + ":" + t.split("/")[2].rsplit("_", 1)[-1]: c for t, c in configs.items()}
+        assert set(by_kind) == {"binary_sensor:anomaly", "sensor:score", "sensor:event"}
+        for c in configs.values():  # every entity follows the node's availability
+            assert c["availability_topic"] == TOPICS.status and c["payload_not_available"] == "offline"
+            assert c["device"]["identifiers"] == [f"edgeav_{NODE}"]
+        assert by_kind["binary_sensor:anomaly"]["state_topic"] == TOPICS.state(CAM)
+        assert by_kind["sensor:event"]["state_topic"] == TOPICS.events(CAM)
+        # The state the sensors read: retained, valid against its schema, rate limited.
+        window = RecordBuilder(CAM, "b", 0.0).window(1.0, 2.0, label="car", probs={"car": 0.9, "background": 0.1},
+                                                     anomaly_score=1.2, anomaly=True, missing=[])
+        assert pub.publish_state(CAM, window) is True
+        assert pub.publish_state(CAM, window) is False  # within the rate limit: skipped, not queued
+        wait_until(lambda: sub.on(TOPICS.state(CAM)), 5, "state")
+        state = json.loads(sub.on(TOPICS.state(CAM))[0])
+        jsonschema.validate(state, load_schema("state"))
+        assert state["anomaly"] is True and state["anomaly_score"] == 1.2
+        late = Subscriber(broker.port, [TOPICS.state(CAM)])
+        wait_until(lambda: late.messages, 5, "the retained state")
+        assert late.messages[0][2] is True
+        late.close()
+        sub.close()
