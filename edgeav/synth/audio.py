@@ -374,6 +374,31 @@ def event_sound(ev: Event, sr: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- the mix
 
+Gust = tuple[float, float, float]  # (start s, duration s, peak gain)
+
+
+def wind_gusts(profile: Profile, seed: int, seconds: float) -> list[Gust]:
+    """When the wind gusts: heard as wind noise, seen as the tree swaying (life that is no event)."""
+    rng = rng_for(seed, STREAM_AMBIENT_AUDIO, 5)
+    out: list[Gust] = []
+    t = 0.0
+    while profile.gusts_per_min > 0:
+        t += float(rng.exponential(60 / profile.gusts_per_min))
+        if t >= seconds:
+            break
+        out.append((t, float(rng.uniform(1.5, 5.0)), float(rng.uniform(1.5, 4.0))))
+    return out
+
+
+def gust_gain(gusts: list[Gust], t: float) -> float:
+    """The wind's gain at ``t`` (1 when calm), the same curve the wind noise follows."""
+    g = 1.0
+    for g0, gd, ga in gusts:
+        if g0 <= t < g0 + gd:
+            g += (ga - 1) * math.sin(math.pi * (t - g0) / gd) ** 2
+    return g
+
+
 class Soundtrack:
     """Renders the soundtrack chunk by chunk (bounded memory for long footage)."""
 
@@ -384,13 +409,7 @@ class Soundtrack:
         self.ov = round(_OVERLAP_S * sr)
         rng = rng_for(seed, STREAM_AMBIENT_AUDIO, 0)
         self.level_waves = [(rng.uniform(40, 240), rng.uniform(0, 6.3)) for _ in range(2)]
-        self.gusts = []
-        t = 0.0
-        while profile.gusts_per_min > 0:
-            t += float(rng.exponential(60 / profile.gusts_per_min))
-            if t >= seconds:
-                break
-            self.gusts.append((t, float(rng.uniform(1.5, 5.0)), float(rng.uniform(1.5, 4.0))))
+        self.gusts = wind_gusts(profile, seed, seconds)
         # Sources: (first sample, sample count, maker). Events plus unlabelled distant chatter.
         self.sources: list[tuple[int, int, Callable[[], np.ndarray]]] = []
         for ev in events:

@@ -14,7 +14,7 @@ import av
 
 from edgeav.errors import RuntimeFailure, UserError
 from edgeav.labels import Labels, sidecar_path
-from edgeav.synth.audio import Soundtrack, bark_times, shot_times
+from edgeav.synth.audio import Soundtrack, bark_times, shot_times, wind_gusts
 from edgeav.synth.encode import AAC_RATES, Mp4Writer
 from edgeav.synth.scene import Scene, passersby
 from edgeav.synth.sprites import Visual, visuals_for
@@ -85,7 +85,7 @@ def synthesize(out_path: str | os.PathLike[str], *, seconds: float, seed: int, p
     timeline = (scripted_timeline(events, seed=seed, seconds=seconds) if events is not None
                 else random_timeline(prof, seed=seed, seconds=seconds))
 
-    scene = Scene(width, height, seed, prof)
+    scene = Scene(width, height, seed, prof, wind_gusts(prof, seed, seconds))
     visuals: list[Visual] = []
     for ev in timeline:
         visuals += visuals_for(ev, width, height, bark_env=_bark_env(ev) if ev.kind == "dog" else None,

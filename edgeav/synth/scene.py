@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from edgeav.synth import sprites
+from edgeav.synth.audio import Gust, gust_gain
 from edgeav.synth.kinds import Profile
 from edgeav.synth.sprites import (
     CENTRE_LINE,
@@ -53,21 +54,26 @@ class Layer:
         self.rgb = np.ascontiguousarray(rgb[y0:y1, x0:x1])
         self.mask = np.ascontiguousarray(mask[y0:y1, x0:x1])
 
-    def paste(self, img: np.ndarray) -> None:
+    def paste(self, img: np.ndarray, dx: int = 0) -> None:
+        """Paste over ``img``, shifted ``dx`` pixels sideways (clipped at the frame edges)."""
         y0, y1, x0, x1 = self.box
-        if y1 > y0:
-            roi = img[y0:y1, x0:x1]
-            cv2.copyTo(self.rgb, self.mask, roi)
+        a, b = max(0, x0 + dx), min(img.shape[1], x1 + dx)
+        if y1 > y0 and b > a:
+            roi = img[y0:y1, a:b]
+            cv2.copyTo(self.rgb[:, a - x0 - dx:b - x0 - dx], self.mask[:, a - x0 - dx:b - x0 - dx], roi)
 
 
 class Scene:
     """Static parts of the view, and the per-frame composition."""
 
-    def __init__(self, width: int, height: int, seed: int, profile: Profile) -> None:
+    def __init__(self, width: int, height: int, seed: int, profile: Profile, gusts: list[Gust] | None = None) -> None:
         self.w, self.h, self.profile = width, height, profile
+        self.gusts = gusts or []
         rng = rng_for(seed, STREAM_SCENE, 0)
         self.background = self._draw_background(rng)
-        self.parked, self.front = self._draw_occluders(rng_for(seed, STREAM_SCENE, 1))
+        self.parked, self.front, self.foliage = self._draw_occluders(rng_for(seed, STREAM_SCENE, 1))
+        sway_rng = rng_for(seed, STREAM_SCENE, 5)
+        self.sway = (0.0025 * width, float(sway_rng.uniform(0.4, 0.9)), float(sway_rng.uniform(0, 2 * math.pi)))
         self._init_light(rng_for(seed, STREAM_SCENE, 2))
         noise_rng = rng_for(seed, STREAM_SCENE, 3)
         self.noise_tiles = []
@@ -128,7 +134,7 @@ class Scene:
         self.sky = sky
         return np.clip(img, 0, 255).astype(np.uint8)
 
-    def _draw_occluders(self, rng: np.random.Generator) -> tuple[Layer, Layer]:
+    def _draw_occluders(self, rng: np.random.Generator) -> tuple[Layer, Layer, Layer]:
         w, h = self.w, self.h
         # A parked vehicle at the near kerb: in front of the near lane, behind the near sidewalk.
         rgb, mask = np.zeros((h, w, 3), np.uint8), np.zeros((h, w), np.uint8)
@@ -143,11 +149,12 @@ class Scene:
             else:
                 sprites.draw_vehicle(canvas, x, (KERB + 0.02) * h, length, "car", c, 1)
         parked = Layer(rgb, mask)
-        # A tree near one side, and a bollard row: in front of everything.
+        # A tree near one side (its crown sways in the wind), and a bollard row: in front of everything.
         rgb, mask = np.zeros((h, w, 3), np.uint8), np.zeros((h, w), np.uint8)
+        crown_rgb, crown_mask = np.zeros((h, w, 3), np.uint8), np.zeros((h, w), np.uint8)
         tx = (rng.uniform(0.06, 0.2) if rng.random() < 0.5 else rng.uniform(0.8, 0.94)) * w
         trunk_w = max(3, round(0.022 * w))
-        for canvas, bark, leaves in ((rgb, (88, 64, 44), None), (mask, 255, 255)):
+        for canvas, crown, bark, leaves in ((rgb, crown_rgb, (88, 64, 44), None), (mask, crown_mask, 255, 255)):
             cv2.rectangle(canvas, (round(tx - trunk_w / 2), round(0.25 * h)),
                           (round(tx + trunk_w / 2), round(0.97 * h)), bark if canvas.ndim == 3 else 255, -1)
             crng = np.random.default_rng(int(tx * 1000))
@@ -156,14 +163,16 @@ class Scene:
                 cy = crng.uniform(0.12, 0.36) * h
                 r = round(crng.uniform(0.05, 0.1) * h)
                 g = tuple(int(v) for v in np.array((50, 95, 45)) * crng.uniform(0.7, 1.3))
-                cv2.circle(canvas, (round(cx), round(cy)), r, g if leaves is None else leaves, -1, cv2.LINE_AA)
+                cv2.circle(crown, (round(cx), round(cy)), r, g if leaves is None else leaves, -1, cv2.LINE_AA)
             for bx in np.linspace(0.55, 0.75, 4) * w:
                 cv2.rectangle(canvas, (round(bx), round(0.86 * h)), (round(bx + 0.008 * w), round(0.95 * h)),
                               (60, 60, 64) if canvas.ndim == 3 else 255, -1)
-        mask = (mask > 127).astype(np.uint8) * 255
-        rgb = np.clip(rgb.astype(np.int16) + (_texture(rng, h, w, 8.0, 0.6)[:, :, None]).astype(np.int16),
-                      0, 255).astype(np.uint8)
-        return parked, Layer(rgb, mask)
+        grain = _texture(rng, h, w, 8.0, 0.6)[:, :, None].astype(np.int16)
+        layers = []
+        for pixels, m in ((rgb, mask), (crown_rgb, crown_mask)):
+            layers.append(Layer(np.clip(pixels.astype(np.int16) + grain, 0, 255).astype(np.uint8),
+                                (m > 127).astype(np.uint8) * 255))
+        return parked, layers[0], layers[1]
 
     # ------------------------------------------------------------------ light
     def _init_light(self, rng: np.random.Generator) -> None:
@@ -225,6 +234,8 @@ class Scene:
         if not parked_done:
             self.parked.paste(img)
         self.front.paste(img)
+        amp, freq, phase = self.sway
+        self.foliage.paste(img, round(amp * gust_gain(self.gusts, t) * math.sin(2 * math.pi * freq * t + phase)))
         cv2.multiply(img, self.light_map(t), dst=img, scale=1.0 / 128.0)
         for v in ordered:
             v.glow(img, t)
