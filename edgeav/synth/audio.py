@@ -107,10 +107,15 @@ def decay(n: int, sr: int, tau: float, offset: int = 0) -> np.ndarray:
     return e.astype(np.float32)
 
 
+PEAK = 0.9
+
+
 def _normalise(x: np.ndarray, db: float) -> np.ndarray:
+    """Scale to an RMS of ``db`` dBFS, but never past a peak of ``PEAK``: a bang is loud, not clipped."""
     rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if len(x) else 0.0
     if rms > 0:
-        x = x * (10 ** (db / 20) / rms)
+        peak = float(np.abs(x).max())
+        x = x * min(10 ** (db / 20) / rms, PEAK / peak)
     return x.astype(np.float32)
 
 
@@ -270,7 +275,9 @@ def event_sound(ev: Event, sr: int) -> np.ndarray:
             f = rng.uniform(380, 650) * pitch * (1.15 - 0.4 * tt / d)
             fk = np.arange(1, 16) * float(f.mean())
             amps = 1 / (1 + ((fk - rng.uniform(900, 1400)) / 300) ** 2) + 0.1
-            b = harmonics(f, sr, amps) + 0.5 * shaped_noise(rng, m, sr, band(400, 3000))
+            tone = harmonics(f, sr, amps)
+            tone /= float(np.sqrt(np.mean(tone.astype(np.float64) ** 2))) or 1.0
+            b = tone + 0.35 * shaped_noise(rng, m, sr, band(400, 3000))
             b *= np.minimum(1, tt / 0.01) * np.exp(-tt / (0.4 * d))
             _place(s, b, round((tb - ev.aud[0]) * sr))
     elif k == "bicycle":  # not audible: never called (kept for completeness)

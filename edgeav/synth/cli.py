@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--events", metavar="TIMELINE.json", type=Path,
                    help='script the timeline exactly: a JSON list such as [{"kind": "car", "start": 12.0, '
                         '"duration": 4}] (optional keys: duration or speed, direction, lane, colour, size, '
-                        "loudness in dBFS, pitch, variant, x, lead/tail for a siren)")
+                        "loudness in dBFS RMS, pitch, variant, x, lead/tail for a siren)")
     p.set_defaults(func=run)
 
 
