@@ -208,7 +208,52 @@ def random_timeline(profile: Profile, *, seed: int, seconds: float) -> list[Even
                 continue
             spec = {"kind": kind, "start": round(t, 3), "duration": duration}
             out.append(resolve_event(spec, seed=seed, index=n, where=f"{kind}#{n}", seconds=seconds, rng=rng))
-    return sorted(out, key=lambda e: (e.start, e.kind))
+    return keep_lanes_clear(sorted(out, key=lambda e: (e.start, e.kind)))
+
+
+# Longest drawn length of each road kind as a fraction of a 16:9 frame's width (sprites.py sizes x 1.15).
+_ROAD_LENGTH = {"car": 0.21, "truck": 0.42, "motorbike": 0.095, "bicycle": 0.085, "siren": 0.245}
+_LANE_SCALE = {"far": 0.78, "near": 1.0}
+
+
+def _progress(e: Event, t: float) -> tuple[float, float]:
+    """(rear, front) of a crossing vehicle at ``t``, as distance travelled since entering (frame widths)."""
+    assert e.vis is not None
+    w = _ROAD_LENGTH[e.kind] * e.params["size"] * _LANE_SCALE[e.params["lane"]]
+    front = (1 + w) * (t - e.vis[0]) / (e.vis[1] - e.vis[0])
+    return front - w, front
+
+
+def _follows(a: Event, b: Event, margin: float = 0.02) -> bool:
+    """True when ``b`` (entering after ``a`` in the same lane) stays behind ``a`` the whole time."""
+    assert a.vis is not None and b.vis is not None
+    if b.vis[0] >= a.vis[1]:
+        return True
+    t_last = min(a.vis[1], b.vis[1])
+    return all(_progress(b, t)[1] <= _progress(a, t)[0] - margin for t in (b.vis[0], t_last))
+
+
+def keep_lanes_clear(events: list[Event]) -> list[Event]:
+    """Random traffic does not drive through itself: a vehicle that would catch up with the one ahead
+    in its lane takes the other lane (and direction), or is left out when both are taken."""
+    from dataclasses import replace
+
+    out: list[Event] = []
+    lanes: dict[str, list[Event]] = {"near": [], "far": []}
+    for e in events:
+        if e.kind not in _ROAD_LENGTH:
+            out.append(e)
+            continue
+        other = "far" if e.params["lane"] == "near" else "near"
+        flipped = replace(e, params={**e.params, "lane": other,
+                                     "direction": "left" if e.params["direction"] == "right" else "right"})
+        for cand in (e, flipped):
+            lane = lanes[cand.params["lane"]]
+            if all(_follows(a, cand) for a in lane):
+                lane.append(cand)
+                out.append(cand)
+                break
+    return out
 
 
 def get_profile(name: str) -> Profile:
