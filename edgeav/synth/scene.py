@@ -74,6 +74,15 @@ class Scene:
         self.parked, self.front, self.foliage = self._draw_occluders(rng_for(seed, STREAM_SCENE, 1))
         sway_rng = rng_for(seed, STREAM_SCENE, 5)
         self.sway = (0.0025 * width, float(sway_rng.uniform(0.4, 0.9)), float(sway_rng.uniform(0, 2 * math.pi)))
+        # Windows behind the tree (and its swaying crown) do not shine through it.
+        hidden = np.zeros((height, width), np.uint8)
+        for layer in (self.front, self.foliage):
+            y0, y1, x0, x1 = layer.box
+            hidden[y0:y1, x0:x1] |= layer.mask
+        reach = 2 * math.ceil(self.sway[0] * 4) + 1
+        hidden = cv2.dilate(hidden, np.ones((1, reach), np.uint8))
+        y0, y1 = self.lamp_rows
+        self.lamps[hidden[y0:y1] > 0] = 0
         self._init_light(rng_for(seed, STREAM_SCENE, 2))
         noise_rng = rng_for(seed, STREAM_SCENE, 3)
         self.noise_tiles = []
@@ -91,6 +100,7 @@ class Scene:
         ramp = np.linspace(0, 1, y_hor)[:, None, None]
         img[:y_hor] = sky_top * (1 - ramp) + sky_low * ramp
         sky = np.zeros((h, w), np.float32)  # 1 where the sky shows: cloud shadows fall on everything else
+        lamps = np.zeros((h, w, 3), np.uint8)
         sky[:y_hor] = 1.0
         # Buildings: blocks of varied height and colour, with window grids and shop fronts.
         x = -int(rng.integers(0, max(2, w // 10)))
@@ -107,6 +117,8 @@ class Scene:
                     if xx >= 0:
                         lit = rng.random() < 0.15
                         img[yy:yy + 2 * wy, xx:xx + 2 * wx] = (215, 200, 140) if lit else win
+                        if rng.random() < 0.3:  # lights that go on at dusk
+                            lamps[yy:yy + 2 * wy, xx:xx + 2 * wx] = (120, 100, 40)
             awning = np.array(random_colour(rng), np.float32)
             img[round(0.37 * h):round(0.39 * h), max(x, 0):x + bw - 2] = awning
             img[round(0.39 * h):y_hor, max(x + wx, 0):x + bw - wx] = (55, 60, 66)
@@ -132,6 +144,9 @@ class Scene:
         tex = _texture(rng, h, w, 7.0, 0.7) + _texture(rng, h, w, 30.0, 6.0)
         img += tex[:, :, None]
         self.sky = sky
+        rows = np.nonzero(lamps.any(axis=(1, 2)))[0]
+        self.lamp_rows = (int(rows.min()), int(rows.max()) + 1) if len(rows) else (0, 0)
+        self.lamps = np.ascontiguousarray(lamps[self.lamp_rows[0]:self.lamp_rows[1]])
         return np.clip(img, 0, 255).astype(np.uint8)
 
     def _draw_occluders(self, rng: np.random.Generator) -> tuple[Layer, Layer, Layer]:
@@ -237,8 +252,13 @@ class Scene:
         amp, freq, phase = self.sway
         self.foliage.paste(img, round(amp * gust_gain(self.gusts, t) * math.sin(2 * math.pi * freq * t + phase)))
         cv2.multiply(img, self.light_map(t), dst=img, scale=1.0 / 128.0)
+        dark = min(1.0, max(0.0, (1.0 - float(self.gain(t)[1])) / 0.45))
+        if dark > 0.1 and self.lamps.size:  # windows light up at dusk
+            y0, y1 = self.lamp_rows
+            roi = img[y0:y1]
+            cv2.scaleAdd(self.lamps, dark, roi, dst=roi)
         for v in ordered:
-            v.glow(img, t)
+            v.glow(img, t, dark)
         yuv = cv2.cvtColor(img, cv2.COLOR_RGB2YUV_I420)
         pos, neg = self.noise_tiles[int(self.noise_rng.integers(_NOISE_TILES))]
         luma = yuv[: self.h]

@@ -54,7 +54,7 @@ class Visual:
     def draw(self, img: np.ndarray, t: float) -> None:  # pragma: no cover - interface
         pass
 
-    def glow(self, img: np.ndarray, t: float) -> None:
+    def glow(self, img: np.ndarray, t: float, dark: float = 0.0) -> None:
         pass
 
 
@@ -220,6 +220,7 @@ def _clothes(rng: np.random.Generator) -> tuple[tuple[int, int, int], ...]:
 
 
 _GLOW_CACHE: dict[int, np.ndarray] = {}
+_HEADLIGHT_HEIGHT = {"car": 0.19, "van": 0.26, "truck": 0.2, "bus": 0.15, "motorbike": 0.42}
 
 
 def add_glow(img: np.ndarray, centre: tuple[float, float], radius: float, colour: tuple[int, int, int],
@@ -278,10 +279,16 @@ class Crossing(Visual):
                 draw_person(img, x + off, self.y + 0.02 * h * math.sin(ph), h, clothes, phase, facing,
                             swing=e["swing"], lean=e["lean"], gesture=gest)
 
-    def glow(self, img: np.ndarray, t: float) -> None:
+    def glow(self, img: np.ndarray, t: float, dark: float = 0.0) -> None:
+        facing = 1 if self.direction == "right" else -1
+        if dark > 0.15 and self.what in _HEADLIGHT_HEIGHT:  # headlights on as it gets dark
+            front = self.left(t) + (self.width if facing > 0 else 0.0)
+            c = (front - facing * 0.02 * self.width, self.y - _HEADLIGHT_HEIGHT[self.what] * self.width)
+            add_glow(img, c, 0.12 * self.width, (255, 240, 200), 0.9 * dark)
+            add_glow(img, (c[0] + facing * 0.12 * self.width, self.y), 0.14 * self.width, (255, 240, 200),
+                     0.35 * dark)
         if "lights" not in self.extra:
             return
-        facing = 1 if self.direction == "right" else -1
         lx_rel, ly_rel, period = self.extra["lights"]
         x = self.left(t) + (lx_rel if facing > 0 else 1 - lx_rel) * self.width
         y = self.y - ly_rel * self.width
@@ -326,7 +333,7 @@ class Blast(Visual):
                 cv2.circle(blob, _p(cx - x0, cy - y0), rr, self.smoke, -1, cv2.LINE_AA)
                 cv2.addWeighted(blob, 0.55 * fade, roi, 1 - 0.55 * fade, 0, dst=roi)
 
-    def glow(self, img: np.ndarray, t: float) -> None:
+    def glow(self, img: np.ndarray, t: float, dark: float = 0.0) -> None:
         for ts in self.shots:
             age = t - ts
             if age < 0:
@@ -389,7 +396,7 @@ class Crash(Visual):
                 cv2.circle(blob, (cx - x0, cy - y0), rr, (110, 110, 110), -1, cv2.LINE_AA)
                 cv2.addWeighted(blob, 0.5 * fade, roi, 1 - 0.5 * fade, 0, dst=roi)
 
-    def glow(self, img: np.ndarray, t: float) -> None:
+    def glow(self, img: np.ndarray, t: float, dark: float = 0.0) -> None:
         age = t - self.t_hit
         if 0 <= age < 0.3:
             g = 60 * math.exp(-age / 0.08)
