@@ -75,7 +75,7 @@ class Scene:
         sway_rng = rng_for(seed, STREAM_SCENE, 5)
         self.sway = (0.0025 * width, float(sway_rng.uniform(0.4, 0.9)), float(sway_rng.uniform(0, 2 * math.pi)))
         # Windows behind the tree (and its swaying crown) do not shine through it.
-        hidden = np.zeros((height, width), np.uint8)
+        hidden: np.ndarray = np.zeros((height, width), np.uint8)
         for layer in (self.front, self.foliage):
             y0, y1, x0, x1 = layer.box
             hidden[y0:y1, x0:x1] |= layer.mask
