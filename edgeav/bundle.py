@@ -371,6 +371,22 @@ def resolve_bundle_dir(models: str | Path | None) -> Path:
                     f"({DEFAULT_BUNDLE_DIR})")
 
 
+def writable_bundle_dir(models: str | Path | None, command: str) -> Path:
+    """The bundle ``fit-events``/``calibrate`` will modify: given explicitly, and writable.
+
+    The default bundle inside the package is shared by every camera on the box (and read-only
+    when installed system-wide), so it is never modified in place: the user copies it first.
+    """
+    if not models:
+        raise UserError(f"{command} writes into a bundle: give --models BUNDLE_DIR (to start from the default, "
+                        f"copy it first: cp -r {DEFAULT_BUNDLE_DIR} BUNDLE_DIR)")
+    d = Path(models)
+    read_manifest(d)  # exists, is a bundle
+    if not os.access(d, os.W_OK):
+        raise UserError(f"{d}: bundle directory is not writable by this user; {command} stores its result there")
+    return d
+
+
 def load_bundle(path: str | Path | None = None, *, threads: int = 1, precision: str | None = None,
                 with_heads: bool = True) -> Bundle:
     """Load and verify a bundle (the package's default when ``path`` is None).

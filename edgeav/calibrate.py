@@ -209,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
         embed_footage,
         load_bundle,
         prune_unreferenced,
-        resolve_bundle_dir,
+        writable_bundle_dir,
         write_manifest,
     )
 
@@ -217,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--false-alarms-per-hour: {args.false_alarms_per_hour} must be > 0")
     if args.k < 1 or args.memory_size < args.k:
         raise UserError(f"--k {args.k} / --memory-size {args.memory_size}: need 1 <= k <= memory size")
-    d = resolve_bundle_dir(args.models)
+    d = writable_bundle_dir(args.models, "calibrate")
     bundle = load_bundle(d, threads=args.threads, with_heads=False)
     emb = embed_footage(bundle, args.footage, require_labels=False)
     x, paths = emb.joint, emb.files
@@ -259,7 +259,7 @@ def register(subparsers: Any) -> None:
                               description="Embed normal footage, keep a bounded coreset of it as the normal memory, "
                                           "and set the anomaly threshold for a target false-alarm rate.")
     p.add_argument("--models", default=None, metavar="BUNDLE_DIR",
-                   help="model bundle to calibrate (default: the bundle inside the package)")
+                   help="model bundle to calibrate (modified in place)")
     p.add_argument("footage", nargs="+", metavar="FOOTAGE", help="normal footage files or directories of them")
     p.add_argument("--false-alarms-per-hour", type=float, default=1.0,
                    help="target false alarms per hour on normal footage (default 1.0)")

@@ -226,11 +226,11 @@ def run(args: argparse.Namespace) -> int:
         embed_footage,
         load_bundle,
         prune_unreferenced,
-        resolve_bundle_dir,
+        writable_bundle_dir,
         write_manifest,
     )
 
-    d = resolve_bundle_dir(args.models)
+    d = writable_bundle_dir(args.models, "fit-events")
     bundle = load_bundle(d, threads=args.threads, with_heads=False)
     emb = embed_footage(bundle, args.footage, require_labels=True)
     x, labels, paths = emb.joint, emb.labels, emb.files
@@ -263,7 +263,7 @@ def register(subparsers: Any) -> None:
                               description="Fit the bundle's event head (multinomial logistic regression on the "
                                           "frozen embeddings) from each footage file's .labels.json sidecar.")
     p.add_argument("--models", default=None, metavar="BUNDLE_DIR",
-                   help="model bundle to add the head to (default: the bundle inside the package)")
+                   help="model bundle to add the head to (modified in place)")
     p.add_argument("footage", nargs="+", metavar="FOOTAGE", help="footage files or directories of them")
     p.add_argument("--l2", type=float, default=None,
                    help="L2 penalty on the standardised weights (default: chosen on held-out windows)")
