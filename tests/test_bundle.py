@@ -226,3 +226,16 @@ def test_heads_load_without_pickle_and_round_trip(toy):
     for name in (hname, mname):
         with np.load(d / name, allow_pickle=False) as z:
             assert all(z[k].dtype != object for k in z.files)
+
+
+def test_commands_name_what_is_missing(toy, clip):
+    d, _, _ = toy
+    before = (d / MANIFEST_NAME).read_bytes()
+    proc = run_edgeav("fit-events", "--models", str(d), str(clip), timeout=120)
+    assert_one_line_error(proc, "clip.labels.json", "sidecar not found")
+    proc = run_edgeav("calibrate", str(clip), timeout=120)
+    assert_one_line_error(proc, "--models", "copy it first")
+    proc = run_edgeav("calibrate", "--models", str(d), str(clip), "--false-alarms-per-hour", "0", timeout=120)
+    assert_one_line_error(proc, "--false-alarms-per-hour", "must be > 0")
+    assert (d / MANIFEST_NAME).read_bytes() == before  # refused commands leave the bundle as it was
+    assert sorted(p.name for p in d.iterdir()) == ["audio.onnx", MANIFEST_NAME, "video.onnx"]
