@@ -248,3 +248,34 @@ def test_daemon_killed_mid_burst_delivers_every_alert_after_restart(scene, tmp_p
             finally:
                 stop(proc)
                 sub.close()
+
+
+def test_daemon_with_wrong_password_keeps_running_and_stops_cleanly(scene, tmp_path):
+    """Wrong credentials: one log line naming the refusal (never the password), retries, alerts kept, exit 0."""
+    wrong = "wrong-Secret-42"
+    with Broker(users={"edge": "the-right-one"}) as broker, RtspServer(scene["footage"], max_seconds=150) as camera:
+        state = tmp_path / "state"
+        cfg = write_config(tmp_path / "edgeav.yaml", scene["bundle"], camera.url, broker.port, state)
+        secret = tmp_path / "mqtt.pass"
+        secret.write_text(wrong + "\n")
+        secret.chmod(0o600)
+        data = yaml.safe_load(cfg.read_text())
+        data["mqtt"].update(username="edge", password_file=str(secret))
+        cfg.write_text(yaml.safe_dump(data))
+        log = tmp_path / "daemon.log"
+        proc = start_daemon(cfg, log)
+        try:
+            wait_until(lambda: queued_alert_ids(state), 30, "an alert queued while the broker refuses us")
+            text = log.read_text()
+            refusals = [ln for ln in text.splitlines() if "refused the connection" in ln]
+            assert len(refusals) == 1 and "Not authorized" in refusals[0], refusals
+            assert proc.poll() is None
+            t0 = time.monotonic()
+            signal_daemon(proc, signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
+            assert time.monotonic() - t0 < 10
+            text = log.read_text()
+            assert wrong not in text and "Traceback" not in text
+            assert "stay queued" in text  # and the next start delivers them (see the SIGKILL test)
+        finally:
+            stop(proc)
