@@ -55,7 +55,7 @@ def test_unit_verifies_clean(units, source):
 def test_unit_is_sandboxed(units, source):
     text = units[source].read_text()
     for directive in ("Type=notify", "NoNewPrivileges=yes", "ProtectSystem=strict", "StateDirectory=edgeav",
-                      "DynamicUser=yes", "WatchdogSec=", "ExecReload=/bin/kill -HUP $MAINPID"):
+                      "User=edgeav", "WatchdogSec=", "ExecReload=/bin/kill -HUP $MAINPID"):
         assert directive in text, directive
     proc = analyze("security", "--offline=true", "--no-pager", str(units[source]))
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d)", proc.stdout)
