@@ -245,3 +245,24 @@ def test_unwritable_output_is_a_one_line_error(tmp_path: Path) -> None:
     assert_one_line_error(proc, "missing")
     proc = run_edgeav("synth", "/proc/edgeav-synth.mp4", "--seconds", "2", timeout=60)
     assert_one_line_error(proc, "/proc/edgeav-synth.mp4", "cannot write")
+
+
+def test_cli_events_file_places_exactly_those_events_with_their_parameters(tmp_path: Path) -> None:
+    timeline = tmp_path / "timeline.json"
+    timeline.write_text(json.dumps([{"kind": "car", "start": 1.0, "duration": 2.0, "colour": [250, 10, 10],
+                                     "direction": "right", "lane": "far", "size": 1.3}]))
+    out = tmp_path / "red.mp4"
+    proc = run_edgeav("synth", out, "--seconds", "4", "--seed", "2", "--width", "192", "--height", "108",
+                      "--events", timeline, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    labels = load_labels(sidecar_path(out))
+    assert [(e.label, e.start, e.end) for e in labels.events] == [("car", 1.0, 3.0)]
+    with av.open(str(out)) as c:
+        vs = c.streams.video[0]
+        red = [(float(f.pts * vs.time_base), int(((rgb[..., 0] > 150) & (rgb[..., 1] < 80) & (rgb[..., 2] < 80)).sum()))
+               for f in c.decode(vs) for rgb in [f.to_ndarray(format="rgb24").astype(int)]]
+    inside = [n for t, n in red if 1.2 <= t <= 2.8]
+    outside = [n for t, n in red if t < 1.0 or t > 3.0]
+    # The red car while it crosses (the tree may hide it for a moment) adds far more red than the
+    # background's awnings and signs ever show under the changing light.
+    assert np.median(inside) >= max(outside) + 50, red
