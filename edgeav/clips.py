@@ -45,7 +45,7 @@ class _Packet:
     t: float  # pipeline clock time of the packet's presentation time
     stream: int  # index into ClipRecorder._templates
     data: bytes
-    pts: int | None
+    pts: int  # packets without a pts are not kept
     dts: int | None
     duration: int
     keyframe: bool
@@ -219,7 +219,7 @@ class ClipRecorder:
                 for p in packets:
                     shift = round(origin / p.time_base)
                     pkt = av.Packet(p.data)
-                    pkt.pts = p.pts - shift if p.pts is not None else None
+                    pkt.pts = p.pts - shift
                     pkt.dts = p.dts - shift if p.dts is not None else None
                     pkt.duration = p.duration
                     pkt.time_base = p.time_base

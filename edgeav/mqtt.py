@@ -208,6 +208,8 @@ class MqttPublisher:
                 self._last_refusal = text
             return
         self._last_refusal = ""
+        with self._lock:
+            self._direct.clear()  # best-effort messages of the last connection: paho's business now, not a backlog
         self.counters.connects += 1
         self.counters.connected = True
         log.info("mqtt: connected to %s:%d%s", self.cfg.host, self.cfg.port,
