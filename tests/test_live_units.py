@@ -1,0 +1,122 @@
+"""Live capture's pure parts: backoff, the RTSP and microphone clocks, the skew meter, the driver's refusals.
+
+No network or sound here (those are in test_live_rtsp.py / test_live_mic.py): numbers in, numbers out.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import numpy as np
+import pytest
+
+from edgeav.config import CameraConfig
+from edgeav.errors import UserError
+from edgeav.sources.base import Backoff
+from edgeav.sources.microphone import MicClock
+from edgeav.sources.rtsp import StreamClock, prft_wallclock
+from edgeav.sources.sync import SkewMeter
+
+
+def test_backoff_doubles_to_the_cap_with_jitter_and_resets():
+    b = Backoff(initial_s=0.5, factor=2.0, cap_s=2.0, jitter=0.25, rng=random.Random(1))
+    delays = [b.next_delay() for _ in range(8)]
+    bases = [0.5, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
+    for d, base in zip(delays, bases, strict=True):
+        assert 0.75 * base <= d <= base
+    assert len(set(delays)) == len(delays)  # jittered: no two sources in lockstep
+    b.reset()
+    assert b.next_delay() <= 0.5
+    with pytest.raises(ValueError):
+        Backoff(initial_s=3.0, cap_s=2.0)
+
+
+def test_stream_clock_prefers_sender_reports_and_distrusts_an_unsynced_camera():
+    c = StreamClock()
+    # Before any RTCP report: arrival smoothed; the least-delayed packet sets the offset.
+    c.observe(0.0, 0.0, arrival=1000.30, sender_wall=None)
+    c.observe(0.1, 0.1, arrival=1000.35, sender_wall=None)  # arrived 0.05 s earlier than predicted
+    assert c.mode == "arrival"
+    assert c.to_wall(0.2) == pytest.approx(1000.45)
+    # A sender report: the camera's wall clock for this timestamp wins.
+    c.observe(0.2, 0.2, arrival=1000.60, sender_wall=1000.42)
+    assert c.mode == "rtcp"
+    assert c.to_wall(1.2) == pytest.approx(1001.42)
+    # A camera whose clock is minutes off ours is timed by arrival instead.
+    off = StreamClock()
+    off.observe(0.0, 0.0, arrival=2000.1, sender_wall=1700.0)
+    assert off.mode == "arrival" and off.to_wall(1.0) == pytest.approx(2001.1)
+
+
+def test_stream_clock_arrival_offset_follows_drift_but_not_queueing_spikes():
+    c = StreamClock()
+    t = 0.0
+    for i in range(200):  # 10 s of packets, each delayed 20 ms, one burst delayed 500 ms
+        t = i * 0.05
+        spike = 0.5 if 100 <= i < 104 else 0.0
+        c.observe(t, t, arrival=5000.0 + t + 0.02 + spike, sender_wall=None)
+    assert c.to_wall(t) == pytest.approx(5000.0 + t + 0.02, abs=1e-6)
+
+
+class _Pkt:
+    def __init__(self, payload: bytes | None) -> None:
+        self.payload = payload
+
+    def has_sidedata(self, kind: str) -> bool:
+        return kind == "prft" and self.payload is not None
+
+    def get_sidedata(self, kind: str) -> bytes:
+        assert self.payload is not None
+        return self.payload
+
+
+def test_prft_side_data_is_read_as_microseconds():
+    raw = struct.pack("<qi", 1_795_000_000_123_456, 0)  # AVProducerReferenceTime {wallclock, flags}
+    assert prft_wallclock(_Pkt(raw)) == pytest.approx(1_795_000_000.123456)
+    assert prft_wallclock(_Pkt(None)) is None
+
+
+def test_mic_clock_uses_plausible_adc_times_and_rejects_impossible_ones():
+    rate, block = 16000, 320
+    c = MicClock(rate, latency_s=0.02, block_s=0.02)
+    true0 = 100.0
+    for k in range(60):  # every block arrives 5 ms after its last sample; ADC times 1 ms early (plausible)
+        start = true0 + k * block / rate
+        got = c.block(block, adc_unix=start - 0.001, arrival=start + block / rate + 0.005)
+    assert c.mode == "adc" and got == pytest.approx(start - 0.001, abs=1e-6)
+    bad = MicClock(rate, latency_s=0.02, block_s=0.02)
+    for k in range(60):  # ADC times 0.3 s early: impossible against arrival, so arrival rules
+        start = true0 + k * block / rate
+        got = bad.block(block, adc_unix=start - 0.3, arrival=start + block / rate + 0.005)
+    assert bad.mode == "arrival" and got == pytest.approx(start + 0.005, abs=1e-6)
+    assert bad.rejected == 60
+
+
+def test_skew_meter_pairs_a_flash_with_a_bang():
+    sr = 16000
+    m = SkewMeter(sr)
+    t0 = 1000.0
+    audio = np.random.default_rng(0).normal(0, 0.002, 3 * sr).astype(np.float32)
+    bang = int(1.530 * sr)
+    audio[bang:bang + 160] = 0.8
+    for i in range(0, len(audio), 320):
+        m.audio(t0 + i / sr, audio[i:i + 320])
+    for k in range(60):  # 20 fps; the flash is in the frames from 1.5 s on
+        m.video(t0 + k / 20, 200.0 if 30 <= k <= 32 else 20.0)
+    rep = m.report()
+    assert rep["skew_pairs"] == 1
+    assert rep["skew_ms"] == pytest.approx(30.0, abs=1.0)
+
+
+def test_live_camera_refuses_a_file_source(tmp_path):
+    from edgeav.live import LiveCamera
+    from tests.test_bundle import make_toy_bundle
+
+    (tmp_path / "f.mp4").write_bytes(b"x")
+    make_toy_bundle(tmp_path / "b", seed=1)
+    from edgeav.bundle import load_bundle
+
+    cam = CameraConfig.model_validate({"name": "gate", "video": {"file": str(tmp_path / "f.mp4")}})
+    with pytest.raises(UserError, match=r"gate.*video\.url"):
+        LiveCamera(cam, load_bundle(tmp_path / "b"), [])
