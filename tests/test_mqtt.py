@@ -22,6 +22,7 @@ from mqtt_broker import Broker, Subscriber, free_port, make_test_ca, wait_until
 
 from edgeav.config import parse_config
 from edgeav.decide import EventChange, Incident
+from edgeav.metrics import mqtt_metrics, render
 from edgeav.mqtt import MqttPublisher, Topics
 from edgeav.outbox import Outbox
 from edgeav.records import RecordBuilder, load_schema
@@ -109,6 +110,14 @@ def test_first_connection_retried_and_queued_alerts_survive_a_restart(tmp_path, 
         first.publish_record(rec)
     time.sleep(1.5)  # a few refused connection attempts
     assert first.outbox.depth() == 13 and not first.counters.connected
+    # Best-effort messages are not queued while the broker is away: dropped, and each drop counted.
+    window = RecordBuilder(CAM, "b", 0.0).window(1.0, 2.0, label=None, probs=None, anomaly_score=0.1,
+                                                 anomaly=False, missing=["audio"])
+    assert first.publish_state(CAM, window) is False and first.publish_stats({"x": 1}) is False
+    assert first.counters.dropped == {"state": 1, "stats": 1}
+    text = render(mqtt_metrics(first.snapshot()))
+    assert 'edgeav_mqtt_dropped_total{kind="state"} 1' in text and "edgeav_outbox_depth 13" in text
+    assert "edgeav_mqtt_connected 0" in text
     first.stop(timeout_s=0.5)
     first.outbox.close()
     publishers.remove(first)
