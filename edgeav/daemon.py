@@ -83,6 +83,7 @@ class Daemon:
     config_path: str
     progress_timeout_s: float = 15.0
     stats_interval_s: float = 30.0
+    ready_timeout_s: float = 10.0
     notifier: SystemdNotifier = field(default_factory=SystemdNotifier)
     _stop: threading.Event = field(default_factory=threading.Event)
     _reload: threading.Event = field(default_factory=threading.Event)
@@ -192,12 +193,32 @@ class Daemon:
             self._start_metrics()
             for cam_cfg in self.config.cameras:
                 self.cameras[cam_cfg.name] = self._start_camera(cam_cfg)
+            self._wait_streaming()
             self.notifier.send("READY=1", f"STATUS={self.status_line()}", f"MAINPID={os.getpid()}")
             log.info("edgeav: running %d camera(s) with bundle %s", len(self.cameras), self.bundle.bundle_id)
             self._loop()
         finally:
             self._shutdown()
         return 0
+
+    def _wait_streaming(self) -> None:
+        """READY means the sources are open: wait for every camera to stream, but not forever.
+
+        A camera that is down at boot is normal (it keeps retrying); holding READY back for it would
+        make systemd fail the whole service, so after ``ready_timeout_s`` READY goes out anyway and the
+        STATUS line says which cameras are not streaming yet.
+        """
+        deadline = time.monotonic() + self.ready_timeout_s
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            waiting = [n for n, c in self.cameras.items() if not c.live.health().get("streaming")]
+            if not waiting:
+                return
+            self.notifier.send(f"STATUS=starting: waiting for {', '.join(waiting)} to stream")
+            self._wake.wait(0.2)
+        waiting = [n for n, c in self.cameras.items() if not c.live.health().get("streaming")]
+        if waiting:
+            log.warning("camera(s) %s not streaming after %.0f s; running anyway (they keep retrying)",
+                        ", ".join(waiting), self.ready_timeout_s)
 
     def _loop(self) -> None:
         tick = 1.0 if self.notifier.watchdog_s is None else max(0.05, min(1.0, self.notifier.watchdog_s / 2))
@@ -333,7 +354,8 @@ class Daemon:
     def status_line(self) -> str:
         health = self.camera_health()
         ok = sum(1 for h in health.values() if h.get("progressing"))
-        parts = [f"{ok}/{len(health)} cameras progressing"]
+        streaming = sum(1 for h in health.values() if h.get("streaming"))
+        parts = [f"{streaming}/{len(health)} cameras streaming, {ok}/{len(health)} progressing"]
         windows = sum(int(h.get("windows", 0) or 0) for h in health.values())
         alerts = sum(int(h.get("alerts", 0) or 0) for h in health.values())
         parts.append(f"{windows} windows, {alerts} alerts")
@@ -404,7 +426,8 @@ class _ClipOnlySink:
 
 
 def run(args: argparse.Namespace) -> int:
-    daemon = Daemon(args.config, progress_timeout_s=args.progress_timeout, stats_interval_s=args.stats_interval)
+    daemon = Daemon(args.config, progress_timeout_s=args.progress_timeout, stats_interval_s=args.stats_interval,
+                    ready_timeout_s=args.ready_timeout)
     return daemon.run()
 
 
@@ -417,6 +440,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--config", required=True, metavar="FILE", help="the YAML config (see configs/)")
     p.add_argument("--progress-timeout", type=float, default=15.0, metavar="S",
                    help="a camera with no new window for S seconds counts as stuck: no watchdog ping (default 15)")
+    p.add_argument("--ready-timeout", type=float, default=10.0, metavar="S",
+                   help="wait at most S seconds for every camera to stream before telling systemd READY "
+                        "(default 10; a camera still down keeps retrying)")
     p.add_argument("--stats-interval", type=float, default=30.0, metavar="S",
                    help="seconds between messages on the stats topic (default 30)")
     p.set_defaults(func=run)

@@ -144,6 +144,9 @@ def test_daemon_notify_alerts_clips_metrics_and_sigterm(scene, tmp_path):
         proc = start_daemon(cfg, log, notify)
         try:
             wait_until(lambda: notify.lines("READY=1"), 30, "READY=1")
+            # READY once the camera streams (its STATUS travels in the same datagram).
+            msgs = [m for _t, m in notify.messages]
+            assert msgs[msgs.index("READY=1") + 1].startswith("STATUS=1/1 cameras streaming"), msgs[:10]
             wait_until(lambda: b"online" in sub.on(f"{BASE}/status"), 10, "online")
             wait_until(lambda: alerts_on(sub), 30, "an alert with its clip")
             alert = alerts_on(sub)[0]
@@ -181,7 +184,7 @@ def test_daemon_notify_alerts_clips_metrics_and_sigterm(scene, tmp_path):
             # The watchdog is fed while the camera streams...
             t_cut = time.monotonic()
             assert notify.lines("WATCHDOG=1", since=t_cut - 2)
-            assert any("cameras progressing" in s for s in notify.lines("STATUS="))
+            assert any("1/1 progressing" in s for s in notify.lines("STATUS="))
             # ...and withheld while nothing moves: the camera freezes (SIGSTOP: the connection stays open, no
             # data, no error yet). Windows still due are emitted within the 1 s deadline, then nothing moves:
             # after the 1.5 s progress timeout the pings stop, until the source's stall detection at 5 s.
