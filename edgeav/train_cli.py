@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from edgeav.errors import EXIT_OK
@@ -54,5 +55,6 @@ def run(args: argparse.Namespace) -> int:
                     cache_dir=args.cache_dir)
     brief = {k: summary.get(k) for k in ("epochs", "loss", "footage_seconds", "windows")}
     brief["best_val_r1_a2v"] = summary.get("metrics", {}).get("best_val_r1_a2v")
-    sys.stdout.write(json.dumps(brief) + "\n")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line, not one per process
+        sys.stdout.write(json.dumps(brief) + "\n")
     return EXIT_OK

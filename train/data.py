@@ -176,12 +176,10 @@ class WindowDataset:
         return frames, audio
 
 
-def build_dataset(paths: list[Path], spec: WindowSpec, cache_dir: Path, val_fraction: float,
-                  skip_bad: bool) -> tuple[WindowDataset, list[BadFile]]:
-    """Probe every file first (bad files are found before any decoding), then decode or load each one.
+def probe_footage(paths: list[Path], skip_bad: bool) -> tuple[list[MediaInfo], list[BadFile]]:
+    """Read every file's headers before anything is decoded, so a bad file stops a run before it starts.
 
-    Without ``skip_bad`` the first bad file stops everything with its reason; with it, bad files are
-    collected and returned. A dataset with no windows is a :class:`UserError`.
+    Without ``skip_bad`` the first bad file raises its reason; with it, bad files are collected.
     """
     bad: list[BadFile] = []
     infos: list[MediaInfo] = []
@@ -192,6 +190,17 @@ def build_dataset(paths: list[Path], spec: WindowSpec, cache_dir: Path, val_frac
             if not skip_bad:
                 raise UserError(f"{exc} (use --skip-bad to train on the other files)") from None
             bad.append(BadFile(p, str(exc)))
+    return infos, bad
+
+
+def build_dataset(infos: list[MediaInfo], spec: WindowSpec, cache_dir: Path, val_fraction: float,
+                  skip_bad: bool, bad: list[BadFile] | None = None) -> tuple[WindowDataset, list[BadFile]]:
+    """Decode (or load from the cache) each probed file into one dataset.
+
+    A file that fails while decoding (truncated, corrupt) stops everything with its reason, or with
+    ``skip_bad`` joins ``bad``. A dataset with no training windows is a :class:`UserError`.
+    """
+    bad = list(bad or [])
     files: list[CachedFile] = []
     for info in infos:
         try:
@@ -210,7 +219,9 @@ def build_dataset(paths: list[Path], spec: WindowSpec, cache_dir: Path, val_frac
         files.append(cf)
     ds = WindowDataset(files, spec, val_fraction)
     if len(ds.train_idx) == 0:
-        what = f"{len(paths)} footage file(s)" if paths else "no footage files"
+        n = len(infos) + len(bad) - sum(b.path in {i.path for i in infos} for b in bad)
+        if n == 0:
+            raise UserError("empty dataset: no footage files in the given FOOTAGE")
         extra = f", {len(bad)} skipped as bad" if bad else ""
-        raise UserError(f"empty dataset: {what}{extra} gave no training windows")
+        raise UserError(f"empty dataset: {n} footage file(s){extra} gave no training windows")
     return ds, bad

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from edgeav.errors import UserError
 from edgeav.media import find_footage
 from train.augment import Augmenter
-from train.data import WindowDataset, build_dataset, default_cache_dir
+from train.data import WindowDataset, build_dataset, default_cache_dir, probe_footage
 from train.models import CHECKPOINT_FORMAT, AudioEncoder, VideoEncoder, budget, build_encoders
 from train.objective import resolve_loss, resolve_pairs
 from train.params import Config
@@ -260,31 +260,20 @@ def train(footage: list[str], out_dir: str | Path, cfg: Config, *, resume: bool 
             error = f"{out} already holds a training run ({last.name}); use --resume to continue it or another --out"
     _broadcast_error(error, d)
 
+    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if d.main else (lambda msg: None)
+    # Cheap checks first: every file's headers, then the encoders' budget; only then is anything decoded.
     paths = find_footage(footage)
-    spec = cfg.window_spec()
-    cache = Path(cache_dir or cfg.data.cache_dir or default_cache_dir())
-    # Rank 0 decodes into the cache first; the other ranks then find every file there.
-    ds: WindowDataset | None = None
+    infos: list = []
     bad: list = []
     error = None
     if d.main:
         try:
-            ds, bad = build_dataset(paths, spec, cache, cfg.data.val_fraction, skip_bad)
+            infos, bad = probe_footage(paths, skip_bad)
         except UserError as exc:
             error = str(exc)
     _broadcast_error(error, d)
     if not d.main:
-        ds, bad = build_dataset(paths, spec, cache, cfg.data.val_fraction, skip_bad)
-    assert ds is not None
-    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if d.main else (lambda msg: None)
-    for b in bad:
-        say(f"edgeav train: skipped {b.reason}")
-    if bad:
-        say(f"edgeav train: skipped {len(bad)} bad file(s) of {len(paths)}; training on {len(ds.files)}")
-    say(f"edgeav train: {len(ds.files)} file(s), {ds.footage_seconds:.1f} s of footage, {len(ds)} windows "
-        f"({len(ds.train_idx)} train, {len(ds.val_idx)} held out), "
-        f"{sum(f.from_cache for f in ds.files)} from the cache in {cache}")
-
+        infos, bad = probe_footage(paths, skip_bad)
     seed = cfg.train.seed
     torch.manual_seed(seed)
     np.random.seed(seed & 0xFFFFFFFF)
@@ -297,6 +286,30 @@ def train(footage: list[str], out_dir: str | Path, cfg: Config, *, resume: bool 
         if b[name]["params"] > cfg.model.max_params or b[name]["macs"] > cfg.model.max_macs:
             raise UserError(f"model.{name}: {b[name]['params']:,} parameters / {b[name]['macs']:,} MACs per window "
                             f"is over the budget ({cfg.model.max_params:,} / {cfg.model.max_macs:,})")
+
+    spec = cfg.window_spec()
+    cache = Path(cache_dir or cfg.data.cache_dir or default_cache_dir())
+    # Rank 0 decodes into the cache first; the other ranks then find every file there.
+    ds: WindowDataset | None = None
+    error = None
+    probed_bad = bad
+    if d.main:
+        try:
+            ds, bad = build_dataset(infos, spec, cache, cfg.data.val_fraction, skip_bad, probed_bad)
+        except UserError as exc:
+            error = str(exc)
+    _broadcast_error(error, d)
+    if not d.main:
+        ds, bad = build_dataset(infos, spec, cache, cfg.data.val_fraction, skip_bad, probed_bad)
+    assert ds is not None
+    for bf in bad:
+        say(f"edgeav train: skipped {bf.reason}")
+    if bad:
+        say(f"edgeav train: skipped {len(bad)} bad file(s) of {len(paths)}; training on {len(ds.files)}")
+    say(f"edgeav train: {len(ds.files)} file(s), {ds.footage_seconds:.1f} s of footage, {len(ds)} windows "
+        f"({len(ds.train_idx)} train, {len(ds.val_idx)} held out), "
+        f"{sum(f.from_cache for f in ds.files)} from the cache in {cache}")
+
     model = DualEncoder(audio, video, params).to(device)
     strategy = strategy_cls(cfg, ds)
 
@@ -361,7 +374,7 @@ def train(footage: list[str], out_dir: str | Path, cfg: Config, *, resume: bool 
     base_summary = {
         "footage_seconds": round(ds.footage_seconds, 3), "windows": len(ds), "train_windows": len(ds.train_idx),
         "val_windows": len(ds.val_idx), "files": [str(f.path) for f in ds.files],
-        "skipped": [{"path": str(b.path), "reason": b.reason} for b in bad], "pairs": strategy.name,
+        "skipped": [{"path": str(bf.path), "reason": bf.reason} for bf in bad], "pairs": strategy.name,
         "loss_name": cfg.train.loss, "seed": seed, "world_size": d.world, "budget": b,
     }
 

@@ -165,8 +165,45 @@ def _out_size(n: int, stages: int) -> int:
     return n
 
 
+class GlobalBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d whose training statistics are those of the *global* batch when training under DDP.
+
+    In the projection head it removes what every window shares (a fixed camera's background dominates the
+    pooled features), so the contrastive loss sees the differences between windows from the first step
+    instead of collapsing to one constant embedding. Statistics are summed over all ranks with an
+    autograd-aware all-reduce, so N processes compute what one process computes on the whole batch. In
+    eval mode (and in the exported ONNX model) it is the usual per-window affine map of running statistics.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        import torch.distributed as dist
+
+        n = torch.full((1,), float(x.shape[0]), dtype=x.dtype, device=x.device)
+        stats = torch.cat([x.sum(0), (x * x).sum(0), n])
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            from torch.distributed.nn.functional import all_reduce
+
+            stats = all_reduce(stats)
+        c = x.shape[1]
+        count = stats[-1]
+        mean = stats[:c] / count
+        var = (stats[c:2 * c] / count - mean * mean).clamp_min(0.0)
+        with torch.no_grad():
+            m = self.momentum if self.momentum is not None else 0.1
+            unbiased = var * (count / (count - 1).clamp_min(1.0))
+            self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+            self.running_var.mul_(1 - m).add_(unbiased.detach(), alpha=m)
+            self.num_batches_tracked.add_(1)
+        y = (x - mean) * torch.rsqrt(var + self.eps)
+        return y * self.weight + self.bias if self.affine else y
+
+
 def _projection(p: int, d: int, hidden: int = 256) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(p, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, d))
+    """BN -> Linear -> BN -> ReLU -> Linear (SimCLR-style head; BN with global-batch statistics)."""
+    return nn.Sequential(GlobalBatchNorm1d(p), nn.Linear(p, hidden), GlobalBatchNorm1d(hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, d))
 
 
 class AudioEncoder(nn.Module):
@@ -220,7 +257,11 @@ class VideoEncoder(nn.Module):
         # Per-RGB-channel statistics of the training footage (set_normalisation), on a 0..1 scale.
         self.register_buffer("mean", torch.full((3,), 0.5))
         self.register_buffer("std", torch.full((3,), 0.25))
-        self.cnn = _cnn(3 * self.frames, list(v["channels"]), list(v["blocks"]))
+        # Motion channels: each frame minus the window's mean frame. A fixed camera's background is nearly the
+        # same in every window, so without them the small moving things that matter barely move the features.
+        self.motion_gain = float(v.get("motion_gain", 4.0))
+        cin = 3 * self.frames * (2 if self.motion_gain > 0 and self.frames > 1 else 1)
+        self.cnn = _cnn(cin, list(v["channels"]), list(v["blocks"]))
         # Global average pooling alone forgets *where* things are; a 1x1 squeeze to a few channels kept per
         # cell of the final grid keeps position (a car on the left sounds different from one on the right).
         c = int(v["channels"][-1])
@@ -233,9 +274,11 @@ class VideoEncoder(nn.Module):
         self.proj = _projection(self.feature_dim, int(params["embed_dim"]))
 
     def normalise(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 ``[B, F, H, W, 3]`` -> float ``[B, F*3, H, W]`` normalised per channel."""
+        """uint8 ``[B, F, H, W, 3]`` -> float ``[B, F*3 (+ F*3 motion), H, W]`` normalised per channel."""
         x = frames.to(torch.float32) * (1.0 / 255.0)
         x = (x - self.mean) / self.std
+        if self.motion_gain > 0 and self.frames > 1:
+            x = torch.cat([x, (x - x.mean(dim=1, keepdim=True)) * self.motion_gain], dim=1)
         b, f, h, w, c = x.shape
         return x.permute(0, 1, 4, 2, 3).reshape(b, f * c, h, w)
 

@@ -63,6 +63,7 @@ class VideoCfg(_Strict):
     channels: list[int] = Field(default_factory=lambda: [24, 48, 96, 128])
     blocks: list[int] = Field(default_factory=lambda: [0, 1, 1, 1])
     grid_channels: int = Field(16, ge=1)  # channels kept per cell of the final grid (position information)
+    motion_gain: float = Field(4.0, ge=0)  # weight of the frame-minus-window-mean channels (0: none)
 
     @model_validator(mode="after")
     def _shape(self) -> VideoCfg:
@@ -94,7 +95,7 @@ class ModelCfg(_Strict):
 
 
 class OptimCfg(_Strict):
-    lr: float = Field(2e-3, gt=0)
+    lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
     batch_size: int = Field(64, ge=2)
     warmup_steps: int = Field(20, ge=0)
