@@ -402,6 +402,10 @@ class StorageConfig(_Section):
     state_dir: ConfigPath = Path("/var/lib/edgeav")
     clips_dir: ConfigPath = Path("/var/lib/edgeav/clips")  # default: <state_dir>/clips
     retention: RetentionConfig = RetentionConfig()
+    # An alert's evidence clip spans these many seconds before its start and after its end (the alert is
+    # published once the seconds after have been recorded).
+    clip_pre_s: float = Field(default=5.0, ge=0.0, le=60.0)
+    clip_post_s: float = Field(default=5.0, ge=0.0, le=60.0)
 
     @model_validator(mode="before")
     @classmethod
