@@ -157,16 +157,16 @@ class Daemon:
 
         storage = self.config.storage
         retention = (storage.retention.max_age_days, storage.retention.max_bytes)
-        clips = ClipRecorder(cam_cfg.name, storage.clips_dir, retention=retention)
+        clips = ClipRecorder(cam_cfg.name, storage.clips_dir, pre_s=storage.clip_pre_s, post_s=storage.clip_post_s,
+                             retention=retention)
         sinks: list[Any] = [_LogSink(cam_cfg.name)]
         if self.publisher is not None:
             sinks.append(MqttSink(self.publisher, clips=clips))
         else:
             sinks.append(_ClipOnlySink(clips))
         live = LiveCamera(cam_cfg, self.bundle, sinks, self.events, self._anomaly_params(self.anomaly))
-        # Packets come without a capture time; live, their arrival time is within the stream's latency
-        # (~0.1-0.3 s) of it, well inside the seconds of context a clip keeps around an alert.
-        live.add_packet_listener(lambda packet: clips.add_packet(packet, time.time()))
+        times = PacketTimes()
+        live.add_packet_listener(lambda packet: clips.add_packet(packet, times(packet)))
         live.start()
         log.info("camera %s: started", cam_cfg.name)
         return _Camera(cam_cfg, live, clips)
@@ -389,6 +389,41 @@ class Daemon:
         if self.publisher is not None:
             out += mqtt_metrics(self.publisher.snapshot())
         return out
+
+
+class PacketTimes:
+    """A demuxed packet's time on the pipeline clock, for the clip ring buffer.
+
+    Listeners get packets without a time. Arrival time is not it: a camera (or server) that bursts
+    its first second puts frames up to a second before their packets' arrival, and alerts are on the
+    frames' clock. So each stream gets the RTSP source's own :class:`~edgeav.sources.rtsp.StreamClock`
+    fed with the same packets (sender reports where trusted, else least-delayed arrival), giving the
+    times its frames got.
+    """
+
+    def __init__(self) -> None:
+        self._container: Any = None
+        self._clocks: dict[int, tuple[Any, Any]] = {}  # id(stream) -> (stream, clock); stream kept: ids stay unique
+
+    def __call__(self, packet: Any) -> float:
+        from edgeav.sources.rtsp import StreamClock, prft_wallclock
+
+        now = time.time()
+        stream = packet.stream
+        if stream.container is not self._container:  # a new connection: new streams, new clocks
+            self._container, self._clocks = stream.container, {}
+        entry = self._clocks.get(id(stream))
+        if entry is None:
+            entry = self._clocks[id(stream)] = (stream, StreamClock())
+        pts = packet.pts if packet.pts is not None else packet.dts
+        dts = packet.dts if packet.dts is not None else packet.pts
+        if pts is None:
+            return now
+        tb = packet.time_base
+        clock = entry[1]
+        clock.observe(float(pts * tb), float(dts * tb), now, prft_wallclock(packet))
+        t = clock.to_wall(float(pts * tb))
+        return now if t is None else t
 
 
 class _LogSink:

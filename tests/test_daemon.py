@@ -88,7 +88,7 @@ def write_config(path: Path, bundle: Path, rtsp_url: str, mqtt_port: int, state:
         "cameras": [{"name": "gate", "video": {"url": rtsp_url}, "audio": {"source": "camera"}}],
         "anomaly": {"min_duration_s": 0.3, "cooldown_s": 0},
         "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "keepalive": 5},
-        "storage": {"state_dir": str(state)},
+        "storage": {"state_dir": str(state), "clip_pre_s": 2, "clip_post_s": 2},
         "metrics": {"listen": f"127.0.0.1:{metrics_port}" if metrics_port else None},
     }
     path.write_text(yaml.safe_dump(cfg))
@@ -148,15 +148,19 @@ def test_daemon_notify_alerts_clips_metrics_and_sigterm(scene, tmp_path):
             msgs = [m for _t, m in notify.messages]
             assert msgs[msgs.index("READY=1") + 1].startswith("STATUS=1/1 cameras streaming"), msgs[:10]
             wait_until(lambda: b"online" in sub.on(f"{BASE}/status"), 10, "online")
-            wait_until(lambda: alerts_on(sub), 30, "an alert with its clip")
-            alert = alerts_on(sub)[0]
+            # The second alert: the first comes too soon after the stream starts to have 2 s before it.
+            wait_until(lambda: len(alerts_on(sub)) >= 2, 30, "alerts with their clips")
+            alert = alerts_on(sub)[1]
             # The evidence clip: in the alert, on disk, the hash matches, PyAV opens it with video and audio.
             clip = alert["clip"]
             data = Path(clip["path"]).read_bytes()
             assert hashlib.sha256(data).hexdigest() == clip["sha256"]
             with av.open(clip["path"]) as c:
                 assert sorted(s.type for s in c.streams) == ["audio", "video"]
-                assert sum(1 for _ in c.decode(video=0)) > 30  # several seconds of 10 fps video
+                frames = [f.to_ndarray(format="rgb24").reshape(-1, 3).mean(0) for f in c.decode(video=0)]
+            assert len(frames) >= 40  # 2 s before to 2 s after, 10 fps
+            red = [rgb for rgb in frames if rgb[0] > 150 and rgb[2] < 100]
+            assert len(red) >= 8, "the clip shows what raised the alert (a red second)"
             # State (retained) and stats, valid against their schemas.
             wait_until(lambda: sub.on(f"{BASE}/stats"), 10, "stats")
             jsonschema.validate(json.loads(sub.on(f"{BASE}/stats")[-1]), load_schema("stats"))
