@@ -288,7 +288,12 @@ def export_encoders(audio: Any, video: Any, params: dict[str, Any], summary: dic
 def export_checkpoint(checkpoint: str | Path, out: str | Path, **kwargs: Any) -> dict[str, Any]:
     from train.models import load_checkpoint
 
-    audio, video, params, summary = load_checkpoint(checkpoint)
+    try:
+        audio, video, params, summary = load_checkpoint(checkpoint)
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        # e.g. a checkpoint from an older architecture: its weights do not fit today's encoders
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{checkpoint}: checkpoint does not fit this version's encoders ({first})") from None
     return export_encoders(audio, video, params, summary, out, source=str(checkpoint), **kwargs)
 
 
