@@ -169,6 +169,15 @@ def test_status_online_then_last_will_offline_on_kill(tmp_path, publishers):
         pub = start_publisher(publishers, mqtt_config(broker.port), tmp_path / "s2")
         late = Subscriber(broker.port, [TOPICS.status])
         wait_until(lambda: late.on(TOPICS.status)[-1:] == [b"online"], 10, "online")
+        late.close()
+        # The broker restarts and forgets everything (no persistence): `online` is republished on reconnect.
+        broker.stop()
+        broker.start()
+        wait_until(lambda: pub.counters.reconnects >= 1 and pub.counters.connected, 10, "the reconnect")
+        time.sleep(0.5)  # (the republished `online` is on its way; a subscriber now must get it as retained)
+        late = Subscriber(broker.port, [TOPICS.status])
+        wait_until(lambda: late.messages, 5, "the retained status after the broker's restart")
+        assert late.messages == [(TOPICS.status, b"online", True)]
         pub.stop()
         wait_until(lambda: late.on(TOPICS.status)[-1:] == [b"offline"], 10, "offline after a clean stop")
         late.close()
