@@ -133,22 +133,29 @@ def _serve(footage: str, port: int, audio: bool) -> None:  # pragma: no cover - 
     factory.set_launch(_launch_line(footage, audio))
     factory.set_shared(False)  # every client gets the file from its start
 
-    def on_state(media: GstRtspServer.RTSPMedia, state: int) -> None:
-        if state != Gst.State.PLAYING:
-            return
-        pipeline = media.get_element().get_parent() or media.get_element()
-        clock = pipeline.get_clock()
-        if clock is None:
-            return
-        # Running time 0 is media position 0 (no seek); the sinks render running time rt at wall
-        # time  now - (running_now - rt): the same mapping the RTCP sender reports carry.
-        running_now = (clock.get_time() - pipeline.get_base_time()) / 1e9
-        print(f"PLAY {time.time() - running_now:.6f}", flush=True)
+    medias: list = []
+
+    def report_play() -> bool:
+        # Polled, not a state-change signal: "new-state" can fire before the pipeline has its clock.
+        for media in list(medias):
+            element = media.get_element()
+            pipeline = element.get_parent() or element
+            clock = pipeline.get_clock()
+            _, state, _ = pipeline.get_state(0)
+            if clock is None or state != Gst.State.PLAYING:
+                continue
+            # Running time 0 is media position 0 (no seek); the sinks render running time rt at wall
+            # time  now - (running_now - rt): the same mapping the RTCP sender reports carry.
+            running_now = (clock.get_time() - pipeline.get_base_time()) / 1e9
+            print(f"PLAY {time.time() - running_now:.6f}", flush=True)
+            medias.remove(media)
+        return True
 
     def on_configure(_factory: GstRtspServer.RTSPMediaFactory, media: GstRtspServer.RTSPMedia) -> None:
-        media.connect("new-state", on_state)
+        medias.append(media)
 
     factory.connect("media-configure", on_configure)
+    GLib.timeout_add(20, report_play)
     server.get_mount_points().add_factory(MOUNT, factory)
     if server.attach(None) == 0:
         print(f"ERROR cannot listen on 127.0.0.1:{port}", flush=True)

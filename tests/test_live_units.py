@@ -79,13 +79,13 @@ def test_prft_side_data_is_read_as_microseconds():
 
 def test_mic_clock_uses_plausible_adc_times_and_rejects_impossible_ones():
     rate, block = 16000, 320
-    c = MicClock(rate, latency_s=0.02, block_s=0.02)
+    c = MicClock(rate, block_s=0.02)
     true0 = 100.0
     for k in range(60):  # every block arrives 5 ms after its last sample; ADC times 1 ms early (plausible)
         start = true0 + k * block / rate
         got = c.block(block, adc_unix=start - 0.001, arrival=start + block / rate + 0.005)
     assert c.mode == "adc" and got == pytest.approx(start - 0.001, abs=1e-6)
-    bad = MicClock(rate, latency_s=0.02, block_s=0.02)
+    bad = MicClock(rate, block_s=0.02)
     for k in range(60):  # ADC times 0.3 s early: impossible against arrival, so arrival rules
         start = true0 + k * block / rate
         got = bad.block(block, adc_unix=start - 0.3, arrival=start + block / rate + 0.005)

@@ -12,7 +12,7 @@ monotonic). The ADC time rests on the driver's delay report, which PulseAudio's 
 wrong by 100 to 500 ms around stream start on a loaded machine (measured here: a click "captured"
 0.19 s before it was played). So the timeline is the sample count (samples are contiguous),
 anchored by the ADC times that are physically plausible: not after the block arrived, and not
-earlier than the arrival bound minus the stream's latency and two blocks. When no recent ADC time
+more than a block (plus 10 ms) before the arrival bound. When no recent ADC time
 is plausible the anchor is the arrival bound itself (the least-delayed block).
 
 A device that fails or stops delivering (unplugged, PulseAudio source unloaded) is closed and
@@ -62,9 +62,11 @@ class MicClock:
     sample count run slow, and only a bound that forgets old blocks follows it.
     """
 
-    def __init__(self, rate: int, latency_s: float, block_s: float) -> None:
+    def __init__(self, rate: int, block_s: float) -> None:
         self.rate = rate
-        self.slack_s = latency_s + 2 * block_s + 0.03
+        # How much earlier than the arrival bound an ADC time may put a block: the fastest delivery
+        # seen is about one block after capture; an ADC time further back is a wrong delay report.
+        self.slack_s = block_s + 0.01
         self.n = 0                                # samples seen
         self._bounds: deque[tuple[float, float]] = deque()  # (arrival, arrival - n_end / rate)
         self.anchors: deque[float] = deque(maxlen=ANCHOR_BLOCKS)
@@ -199,7 +201,7 @@ class MicrophoneSource(SourceThread):
 
     def _pump(self, stream: Any, blocks: queue.SimpleQueue) -> str:
         rate = int(stream.samplerate)
-        clock = MicClock(rate, float(stream.latency), BLOCK_S)
+        clock = MicClock(rate, BLOCK_S)
         resampler = (av.AudioResampler(format="flt", layout="mono", rate=self.sample_rate)
                      if rate != self.sample_rate else None)
         stream_to_unix: deque[float] = deque(maxlen=32)
@@ -215,7 +217,7 @@ class MicrophoneSource(SourceThread):
             if not stream.active:
                 return "the stream stopped (device gone?)"
             if overflow:  # samples were lost: the sample count no longer tells time; start a new timeline
-                clock = MicClock(rate, float(stream.latency), BLOCK_S)
+                clock = MicClock(rate, BLOCK_S)
                 out_next = None
             if cur:
                 stream_to_unix.append(arrival - cur)

@@ -1,0 +1,130 @@
+"""A microphone and an RTSP camera on one clock: a real PulseAudio virtual microphone and a real RTSP server.
+
+The footage shows a white flash at exactly 3.0 s; a click is played into the virtual microphone so
+that it sounds at the instant the server sends that frame (the server reports the wall time of
+media position 0). The health report's measured A/V skew must be within 100 ms. Then the
+microphone vanishes (its PulseAudio modules unloaded) and returns: meanwhile the windows are
+video-only and flagged, afterwards audio is back.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from edgeav.bundle import Bundle, load_bundle
+from edgeav.live import LiveCamera
+from tests.rtsp_server import RtspServer, server_available
+from tests.test_bundle import make_toy_bundle
+from tests.test_live_rtsp import Collect, camera, wait_for
+from tests.virtual_mic import VirtualMic, mic_available
+
+pytestmark = pytest.mark.skipif(server_available() is not None or mic_available() is not None,
+                                reason=f"{server_available()} / {mic_available()}")
+
+FLASH_AT = 3.0
+
+
+@pytest.fixture(scope="module")
+def flash_footage(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30 s of black with a white flash from 3.0 s to 3.2 s (frame-exact at 15 fps); silent audio."""
+    p = tmp_path_factory.mktemp("mic") / "flash.mp4"
+    subprocess.run(
+        ["timeout", "60", "ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+         f"color=c=black:s=320x180:r=15,drawbox=x=0:y=0:w=iw:h=ih:color=white:t=fill:"
+         f"enable='between(t,{FLASH_AT},{FLASH_AT + 0.2})'",
+         "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", "30", "-c:v", "libx264", "-g", "15",
+         "-pix_fmt", "yuv420p", "-c:a", "aac", str(p)], check=True)
+    return p
+
+
+@pytest.fixture(scope="module")
+def toy_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    d = tmp_path_factory.mktemp("mic") / "bundle"
+    make_toy_bundle(d, seed=4)
+    return load_bundle(d)
+
+
+@pytest.fixture(scope="module")
+def virtual_mic():
+    saved = {k: os.environ.get(k) for k in VirtualMic().env()}
+    mic = VirtualMic().start()
+    mic.apply_env()
+    try:
+        yield mic
+    finally:
+        mic.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _mic_camera(url: str):
+    return camera(url, {"source": "microphone", "device": "pulse", "sample_rate": 16000})
+
+
+def test_click_and_flash_at_one_instant_measure_within_100ms(toy_bundle, flash_footage, virtual_mic):
+    sink = Collect()
+    with RtspServer(flash_footage) as server:
+        live = LiveCamera(_mic_camera(server.url), toy_bundle, [sink])
+        live.start()
+        try:
+            t0 = server.plays.get(timeout=15)  # wall time of media position 0, from the server's clock
+            flash = t0 + FLASH_AT
+            assert flash - time.time() > 1.0, "the stream took too long to start"
+            clicker = virtual_mic.click_at(flash)
+            out, err = clicker.communicate(timeout=30)
+            assert out.startswith("CLICK"), (out, err)
+            click = float(out.split()[1])
+            assert abs(click - flash) < 0.02, out  # the click really was scheduled at the flash
+            assert wait_for(lambda: live.health()["skew_pairs"] >= 1, 5.0), live.health()
+            h = live.health()
+        finally:
+            assert live.stop(10.0)
+    print(f"measured A/V skew {h['skew_ms']} ms (microphone clock: {h['sources']['audio']['clock']})")
+    assert h["sources"]["video"]["clock"] == "rtcp"
+    assert abs(h["skew_ms"]) <= 100.0, h
+    # The windows around the flash hold both modalities.
+    around = [w for w in sink.snapshot() if w["t_start"] <= flash <= w["t_end"]]
+    assert around and all(w["missing"] == [] for w in around)
+
+
+def test_microphone_vanishing_and_returning(toy_bundle, flash_footage, virtual_mic):
+    sink = Collect()
+    with RtspServer(flash_footage) as server:
+        live = LiveCamera(_mic_camera(server.url), toy_bundle, [sink])
+        live.start()
+        try:
+            assert wait_for(lambda: live.health()["streaming"], 15), live.health()
+            time.sleep(1.5)
+            virtual_mic.unplug()
+            gone = time.time()
+            assert wait_for(lambda: live.health()["sources"]["audio"]["state"] == "backing_off", 6)
+            time.sleep(3.0)
+            assert live.health()["sources"]["video"]["state"] == "streaming"
+            virtual_mic.plug()
+            back = time.time()
+            assert wait_for(lambda: live.health()["sources"]["audio"]["state"] == "streaming", 8), \
+                live.health()["sources"]["audio"]
+            n = len(sink.snapshot())
+            assert wait_for(lambda: sum(w["missing"] == [] for w in sink.snapshot()[n:]) >= 4, 6.0)
+            h = live.health()
+        finally:
+            assert live.stop(10.0)
+    ws = sink.snapshot()
+    # While the microphone was gone: video-only windows, flagged, and the video never stopped.
+    during = [w for w in ws if gone + 2.5 <= w["t_start"] and w["t_end"] <= back]
+    assert len(during) >= 8 and all(w["missing"] == ["audio"] for w in during), [w["missing"] for w in during]
+    assert h["windows_video_only"] >= len(during)
+    # Afterwards audio is back in the windows.
+    after = ws[-4:]
+    assert all(w["missing"] == [] and w["t_start"] > back for w in after), after
+    states = [t["state"] for t in h["sources"]["audio"]["transitions"]]
+    assert "stalled" in states and "backing_off" in states and states[-1] == "streaming"
+    assert h["sources"]["audio"]["reconnects"] >= 1
