@@ -12,6 +12,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,26 +59,40 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="edgeav-bench-") as tmp:
         path = args.models
         if path is None:
+            try:
+                import torch  # noqa: F401
+            except ImportError:
+                ap.error("without --models BUNDLE_DIR the benchmark exports the default encoders, which needs torch")
             from export.onnx_export import export_untrained
 
             path = str(Path(tmp) / "bundle")
             export_untrained(path, quantize="int8" if args.precision in ("int8", "all") else None)
         from edgeav.bundle import read_manifest
+        from edgeav.errors import EdgeavError
 
-        manifest = read_manifest(path)
-        precisions = ["fp32", "int8"] if args.precision == "all" else [args.precision]
-        precisions = [p for p in precisions if manifest["models"]["audio"].get(p)]
-        for prec in precisions:
-            r = bench_bundle(path, prec, repeats=args.repeats)
-            r["target_ms"] = args.target_ms
-            r["within_target"] = r["total_ms"] <= args.target_ms
-            if args.json:
-                print(json.dumps(r))
-            else:
-                print(f"{prec:5s} batch 1, 1 thread: audio {r['audio_ms']:.2f} ms + video {r['video_ms']:.2f} ms "
-                      f"= {r['total_ms']:.2f} ms per window (target <= {args.target_ms:g} ms: "
-                      f"{'met' if r['within_target'] else 'NOT met'})")
+        try:
+            manifest = read_manifest(path)
+            for line in _bench_lines(path, manifest, args):
+                print(line, flush=True)
+        except EdgeavError as exc:
+            print(f"python -m export.bench: error: {exc}", file=sys.stderr)
+            return exc.exit_code
     return 0
+
+
+def _bench_lines(path: str, manifest: dict[str, Any], args: argparse.Namespace) -> Iterator[str]:
+    """One result line per precision, yielded as each is measured."""
+    precisions = ["fp32", "int8"] if args.precision == "all" else [args.precision]
+    for prec in [p for p in precisions if manifest["models"]["audio"].get(p)]:
+        r = bench_bundle(path, prec, repeats=args.repeats)
+        r["target_ms"] = args.target_ms
+        r["within_target"] = r["total_ms"] <= args.target_ms
+        if args.json:
+            yield json.dumps(r)
+        else:
+            yield (f"{prec:5s} batch 1, 1 thread: audio {r['audio_ms']:.2f} ms + video {r['video_ms']:.2f} ms "
+                   f"= {r['total_ms']:.2f} ms per window (target <= {args.target_ms:g} ms: "
+                   f"{'met' if r['within_target'] else 'NOT met'})")
 
 
 if __name__ == "__main__":
