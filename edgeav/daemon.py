@@ -84,6 +84,7 @@ class Daemon:
     progress_timeout_s: float = 15.0
     stats_interval_s: float = 30.0
     ready_timeout_s: float = 10.0
+    cli_log_level: str | None = None  # `edgeav --log-level` wins over the config's logging.level
     notifier: SystemdNotifier = field(default_factory=SystemdNotifier)
     _stop: threading.Event = field(default_factory=threading.Event)
     _reload: threading.Event = field(default_factory=threading.Event)
@@ -185,8 +186,11 @@ class Daemon:
         self.config, self.events, self.anomaly = self._load()
         from edgeav.config import apply_logging
 
-        apply_logging(self.config)
+        apply_logging(self.config, self.cli_log_level)
         self.bundle = self._load_bundle(self.config)
+        if self.bundle.anomaly is None:
+            log.warning("bundle %s has no normal memory: no anomaly alerts (make one with `edgeav calibrate`)",
+                        self.bundle.bundle_id)
         self._install_signals()
         try:
             self._start_mqtt()
@@ -301,6 +305,10 @@ class Daemon:
             self.notifier.send("READY=1", f"STATUS=reload failed, running the previous config: {exc}")
             return
         old = self.config
+        if config.logging != old.logging:
+            from edgeav.config import apply_logging
+
+            apply_logging(config, self.cli_log_level)
         restart_all = (bundle is not self.bundle or events != self.events or anomaly != self.anomaly
                        or config.storage != old.storage or config.mqtt != old.mqtt or config.node != old.node)
         new_cams = {c.name: c for c in config.cameras}
@@ -321,7 +329,11 @@ class Daemon:
         started = []
         for name, cam_cfg in new_cams.items():
             if name not in self.cameras:
-                self.cameras[name] = self._start_camera(cam_cfg)
+                try:
+                    self.cameras[name] = self._start_camera(cam_cfg)
+                except UserError as exc:  # one bad camera must not take the running ones down
+                    log.error("reload: camera %s: %s; not started", name, exc)
+                    continue
                 started.append(name)
         log.info("reload: %s applied (%d camera(s); restarted or added: %s; removed: %s)", self.config_path,
                  len(self.cameras), ", ".join(started) or "none",
@@ -462,7 +474,7 @@ class _ClipOnlySink:
 
 def run(args: argparse.Namespace) -> int:
     daemon = Daemon(args.config, progress_timeout_s=args.progress_timeout, stats_interval_s=args.stats_interval,
-                    ready_timeout_s=args.ready_timeout)
+                    ready_timeout_s=args.ready_timeout, cli_log_level=getattr(args, "log_level", None))
     return daemon.run()
 
 
