@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "edgeav.replay",
     "edgeav.search",
     "edgeav.bench",
+    "edgeav.live_bench",
     "edgeav.daemon",
 )
 
