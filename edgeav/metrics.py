@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from edgeav.errors import UserError
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_NOT_IN_NAME = re.compile(r"[^a-zA-Z0-9_]")  # Prometheus metric names: [a-zA-Z_:][a-zA-Z0-9_:]*
 
 
 @dataclass
@@ -86,17 +88,24 @@ def camera_metrics(health: Mapping[str, Mapping[str, Any]]) -> list[Metric]:
         for key, value in _numeric_leaves(h):
             if key in CAMERA_COUNTERS:
                 name, kind, text = f"edgeav_camera_{key}_total", "counter", CAMERA_COUNTERS[key]
-            elif key in ("last_progress", "last_window_end") or key.endswith("_since"):
+            elif key.endswith(("last_progress", "last_window_end", "last_data", "_since")):
                 continue  # timestamps, not measurements
             else:
                 name, kind, text = f"edgeav_camera_{key}", "gauge", f"camera health figure {key}"
             families.setdefault(name, Metric(name, kind, text)).add(value, camera=camera)
+        sources = h.get("sources")
+        if isinstance(sources, Mapping):  # per-source state as a 0/1 gauge: alert on `== 0 for 5m`
+            up = families.setdefault("edgeav_source_streaming", Metric(
+                "edgeav_source_streaming", "gauge", "1 while the source (video, audio) is streaming"))
+            for source, status in sorted(sources.items()):
+                if isinstance(status, Mapping) and "state" in status:
+                    up.add(status["state"] == "streaming", camera=camera, source=str(source))
     return list(families.values())
 
 
 def _numeric_leaves(data: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, float]]:
     for key, value in data.items():
-        name = f"{prefix}{key}".replace("-", "_").replace(".", "_")
+        name = _NOT_IN_NAME.sub("_", f"{prefix}{key}")
         if isinstance(value, (bool, int, float)):
             yield name, float(value)
         elif isinstance(value, Mapping):

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -171,6 +172,10 @@ def test_daemon_notify_alerts_clips_metrics_and_sigterm(scene, tmp_path):
             assert "edgeav_up 1" in text
             assert 'edgeav_camera_alerts_total{camera="gate"}' in text
             assert "edgeav_outbox_depth " in text and "edgeav_mqtt_connected 1" in text
+            assert 'edgeav_source_streaming{camera="gate",source="video"} 1' in text
+            assert 'edgeav_camera_embed_seconds_total{camera="gate"}' in text
+            for line in text.splitlines():  # the exposition format: comments, or `name{labels} number`
+                assert line.startswith("# ") or re.fullmatch(r'[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? \S+', line), line
             assert len(notify.lines("READY=1")) == 1
             # SIGHUP with a broken config: one clear log line, the running config kept.
             good = cfg.read_text()
