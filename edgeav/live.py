@@ -208,8 +208,7 @@ class LiveCamera:
         """
         if not self._started or self._stop.is_set():
             return False
-        threads_ok = all(th.is_alive() for th in self._threads) and all(
-            s._thread is not None and s._thread.is_alive() for s in self._sources())
+        threads_ok = all(th.is_alive() for th in self._threads) and all(s.alive for s in self._sources())
         last = max([self._last_progress] + [s.status.state_since for s in self._sources()])
         return threads_ok and time.time() - last <= max_age_s
 

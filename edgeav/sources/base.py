@@ -146,6 +146,11 @@ class SourceThread:
         return True
 
     @property
+    def alive(self) -> bool:
+        """The capture thread is running (started and not ended)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
     def stopping(self) -> bool:
         return self._stop.is_set()
 

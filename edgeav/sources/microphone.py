@@ -133,6 +133,7 @@ class MicrophoneSource(SourceThread):
         self.backoff = backoff or Backoff()
         self.sample_rate = sample_rate
         self.clock_rejected = 0
+        self.device_name = ""
 
     def _run(self) -> None:
         first = True
@@ -175,6 +176,7 @@ class MicrophoneSource(SourceThread):
                 continue
             with _open_lock:
                 _open_streams += 1
+            self.device_name = str(info["name"])
             return stream
         raise OSError(f"cannot open input device {info['name']!r}: {last_exc}")
 
@@ -235,7 +237,7 @@ class MicrophoneSource(SourceThread):
             if not got:
                 got = True
                 self.backoff.reset()
-                self.status.set_state(STREAMING, f"{stream.device} at {rate} Hz")
+                self.status.set_state(STREAMING, f"{self.device_name!r} at {rate} Hz")
             self.status.audio_blocks += 1
             self.status.last_data = t0 + len(mono) / self.sample_rate
             self.status.latency_s = arrival - self.status.last_data

@@ -164,7 +164,7 @@ class RtspSource(SourceThread):
             return "the stream has no video"
         vs = container.streams.video[0]
         vs.thread_type = "SLICE"
-        streams = [vs]
+        streams: list[Any] = [vs]
         aus = None
         if self.want_audio and container.streams.audio:
             aus = container.streams.audio[0]
@@ -184,17 +184,19 @@ class RtspSource(SourceThread):
             if now - last_frame_at > self.stall_s:
                 self.status.set_state(STALLED, f"no video frame for {now - last_frame_at:.1f} s")
                 return f"stalled: no video frame for {self.stall_s:g} s"
-            if packet.dts is None and packet.pts is None:
+            pts_or_none = packet.pts if packet.pts is not None else packet.dts
+            if pts_or_none is None:
                 continue  # a flush packet at end of stream
             self.status.packets += 1
             self.sink.packet(packet)
             tb = packet.time_base
-            pts = packet.pts if packet.pts is not None else packet.dts
-            dts = packet.dts if packet.dts is not None else packet.pts
+            pts = pts_or_none
+            dts = packet.dts if packet.dts is not None else pts
             is_video = packet.stream.index == vs.index
             clock = vclock if is_video else aclock
             clock.observe(float(pts * tb), float(dts * tb), now_wall, prft_wallclock(packet))
-            for frame in packet.decode():
+            frames: list[Any] = packet.decode()  # VideoFrame / AudioFrame: PyAV's stubs type it as a union
+            for frame in frames:
                 if frame.pts is None:
                     continue
                 t = clock.to_wall(float(frame.pts * frame.time_base))
