@@ -83,10 +83,10 @@ class NotifyListener:
 
 
 def write_config(path: Path, bundle: Path, rtsp_url: str, mqtt_port: int, state: Path,
-                 metrics_port: int | None = None) -> Path:
+                 metrics_port: int | None = None, cameras: tuple[str, ...] = ("gate",)) -> Path:
     cfg = {
         "node": {"name": "box1"}, "models": {"bundle": str(bundle)},
-        "cameras": [{"name": "gate", "video": {"url": rtsp_url}, "audio": {"source": "camera"}}],
+        "cameras": [{"name": name, "video": {"url": rtsp_url}, "audio": {"source": "camera"}} for name in cameras],
         "anomaly": {"min_duration_s": 0.3, "cooldown_s": 0},
         "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "keepalive": 5},
         "storage": {"state_dir": str(state), "clip_pre_s": 2, "clip_post_s": 2},
@@ -139,15 +139,16 @@ def test_daemon_notify_alerts_clips_metrics_and_sigterm(scene, tmp_path):
     metrics_port = free_port()
     with Broker() as broker, RtspServer(scene["footage"], max_seconds=150) as camera:
         sub = Subscriber(broker.port, [f"{BASE}/#"])
+        # Two cameras (two sessions on the same server): one pipeline each.
         cfg = write_config(tmp_path / "edgeav.yaml", scene["bundle"], camera.url, broker.port, tmp_path / "state",
-                           metrics_port)
+                           metrics_port, cameras=("gate", "yard"))
         log = tmp_path / "daemon.log"
         proc = start_daemon(cfg, log, notify)
         try:
             wait_until(lambda: notify.lines("READY=1"), 30, "READY=1")
             # READY once the camera streams (its STATUS travels in the same datagram).
             msgs = [m for _t, m in notify.messages]
-            assert msgs[msgs.index("READY=1") + 1].startswith("STATUS=1/1 cameras streaming"), msgs[:10]
+            assert msgs[msgs.index("READY=1") + 1].startswith("STATUS=2/2 cameras streaming"), msgs[:10]
             wait_until(lambda: b"online" in sub.on(f"{BASE}/status"), 10, "online")
             # The second alert: the first comes too soon after the stream starts to have 2 s before it.
             wait_until(lambda: len(alerts_on(sub)) >= 2, 30, "alerts with their clips")
@@ -171,6 +172,8 @@ def test_daemon_notify_alerts_clips_metrics_and_sigterm(scene, tmp_path):
             text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
             assert "edgeav_up 1" in text
             assert 'edgeav_camera_alerts_total{camera="gate"}' in text
+            assert 'edgeav_camera_windows_total{camera="yard"}' in text
+            wait_until(lambda: sub.on(f"{BASE}/yard/alerts"), 10, "the second camera's alert")
             assert "edgeav_outbox_depth " in text and "edgeav_mqtt_connected 1" in text
             assert 'edgeav_source_streaming{camera="gate",source="video"} 1' in text
             assert 'edgeav_camera_embed_seconds_total{camera="gate"}' in text
@@ -193,7 +196,7 @@ def test_daemon_notify_alerts_clips_metrics_and_sigterm(scene, tmp_path):
             # The watchdog is fed while the camera streams...
             t_cut = time.monotonic()
             assert notify.lines("WATCHDOG=1", since=t_cut - 2)
-            assert any("1/1 progressing" in s for s in notify.lines("STATUS="))
+            assert any("2/2 progressing" in s for s in notify.lines("STATUS="))
             # ...and withheld while nothing moves: the camera freezes (SIGSTOP: the connection stays open, no
             # data, no error yet). Windows still due are emitted within the 1 s deadline, then nothing moves:
             # after the 1 s progress timeout the pings stop, until the source's stall detection at 5 s.
