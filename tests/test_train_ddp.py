@@ -45,6 +45,11 @@ def test_two_gloo_processes_match_one(tmp_path: Path) -> None:
 
     a, b = np.array(_steps(tmp_path / "one")), np.array(_steps(tmp_path / "two"))
     assert len(a) == len(b) >= 4
-    # Same batches, same augmentation, same gradients: equal up to float summation order.
-    np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-5)
-    assert a[0] != pytest.approx(a[-1])  # the steps did change the model (the comparison is not trivial)
+    # Step 1: the same global batch through the same weights gives the same loss (the negatives of the whole
+    # batch reach each process, and the projection heads' BatchNorm uses global-batch statistics).
+    assert b[0] == pytest.approx(a[0], rel=1e-5)
+    # Step 2 runs on weights after one update, so it also checks the gradients DDP applied. Later steps
+    # drift apart slowly: parameters whose true gradient is zero (e.g. biases before a BatchNorm) get
+    # float-noise gradients that Adam turns into full-size steps, differently in the two runs.
+    assert b[1] == pytest.approx(a[1], rel=1e-3)
+    assert a[1] != pytest.approx(a[0], rel=1e-3)  # the update did change the model: the check is not trivial

@@ -430,6 +430,9 @@ def train(footage: list[str], out_dir: str | Path, cfg: Config, *, resume: bool 
                 # Each rank's loss is the whole global batch's, but only its own rows carry gradient, and DDP
                 # averages over ranks: scaling by the world size makes the update equal to one process's.
                 (loss * d.world).backward()
+                if d.world > 1 and model.log_scale.grad is not None:
+                    # The temperature acts on every row on every rank, so its averaged gradient is world x too big.
+                    model.log_scale.grad.div_(d.world)
                 if cfg.optim.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
                 opt.step()

@@ -165,6 +165,26 @@ def _out_size(n: int, stages: int) -> int:
     return n
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over DDP ranks whose gradient is the sum of every rank's gradient (each rank's loss used it)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        out = grad.clone()
+        dist.all_reduce(out)
+        return out
+
+
 class GlobalBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm1d whose training statistics are those of the *global* batch when training under DDP.
 
@@ -183,9 +203,7 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
         n = torch.full((1,), float(x.shape[0]), dtype=x.dtype, device=x.device)
         stats = torch.cat([x.sum(0), (x * x).sum(0), n])
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            from torch.distributed.nn.functional import all_reduce
-
-            stats = all_reduce(stats)
+            stats = _AllReduceSum.apply(stats)
         c = x.shape[1]
         count = stats[-1]
         mean = stats[:c] / count
