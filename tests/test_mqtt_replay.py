@@ -38,7 +38,8 @@ def test_replay_publishes_every_alert_valid_against_the_schema(scene, tmp_path):
         sub = Subscriber(broker.port, ["edgeav/box1/#"])
         cfg = write_config(tmp_path / "c.yaml", scene["bundle"], broker.port, tmp_path / "state")
         out = tmp_path / "events.jsonl"
-        proc = run_edgeav("replay", scene["footage"], "--models", scene["bundle"], "--config", cfg, "--out", out, "--quiet", timeout=120)
+        proc = run_edgeav("replay", scene["footage"], "--models", scene["bundle"], "--config", cfg, "--out", out,
+                          "--quiet", timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert "every event and alert was delivered" in proc.stderr
         written = [json.loads(line) for line in out.read_text().splitlines()]
@@ -58,13 +59,14 @@ def test_replay_without_broker_says_what_remains_and_next_run_delivers_it(scene,
     port = free_port()
     state = tmp_path / "state"
     cfg = write_config(tmp_path / "c.yaml", scene["bundle"], port, state)
-    proc = run_edgeav("replay", scene["footage"], "--models", scene["bundle"], "--config", cfg, "--quiet", "--drain-timeout", "1", timeout=120)
+    proc = run_edgeav("replay", scene["footage"], "--models", scene["bundle"], "--config", cfg, "--quiet",
+                      "--drain-timeout", "1", timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "3 message(s) remain queued" in proc.stderr and "outbox.sqlite3" in proc.stderr, proc.stderr
     with Broker(port=port):
         sub = Subscriber(port, ["edgeav/box1/+/alerts"])
-        proc = run_edgeav("replay", scene["footage"], "--models", scene["bundle"], "--config", cfg, "--quiet", "--camera", "other",
-                          timeout=120)
+        proc = run_edgeav("replay", scene["footage"], "--models", scene["bundle"], "--config", cfg, "--quiet",
+                          "--camera", "other", timeout=120)
         assert proc.returncode == 0 and "every event and alert was delivered" in proc.stderr, proc.stderr
         wait_until(lambda: len(sub.messages) >= 6, 10, "the queued and the new alerts")
         assert len(sub.on("edgeav/box1/gate/alerts")) == 3  # queued by the first run, delivered by the second
