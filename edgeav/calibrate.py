@@ -177,6 +177,40 @@ class AnomalyMemory:
         return mem
 
 
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
+    """Area under the ROC curve by ranks (ties get their average rank); None without both classes."""
+    s = np.asarray(scores, dtype=np.float64)
+    pos = np.asarray(positive, dtype=bool)
+    n1, n0 = int(pos.sum()), int((~pos).sum())
+    if n1 == 0 or n0 == 0:
+        return None
+    order = np.argsort(s, kind="mergesort")
+    sorted_s = s[order]
+    ranks = np.empty(len(s))
+    # average rank of each run of equal scores
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_s)) + 1]
+    ends = np.r_[starts[1:], len(s)]
+    for a, b in zip(starts, ends, strict=True):
+        ranks[order[a:b]] = (a + b + 1) / 2.0
+    return float((ranks[pos].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+
+
+def compare_features(normal: np.ndarray, validation: np.ndarray, anomalous: np.ndarray, k: int,
+                     memory_size: int) -> dict[str, float | None]:
+    """Anomaly AUROC on labelled validation windows of a memory of ``normal`` windows, per feature set.
+
+    design.md section 3: the scorer uses the features that measure best on the site, and which
+    ones do differs (video features can be swamped by a scene they never saw, audio by wind).
+    """
+    out: dict[str, float | None] = {}
+    for features in FEATURES:
+        f = select_features(normal, features)
+        mem = f[greedy_k_center(f, memory_size)]
+        au = auroc(knn_scores(select_features(validation, features), mem, k), anomalous)
+        out[features] = round(au, 4) if au is not None else None
+    return out
+
+
 def calibrate(x: np.ndarray, hop_s: float, false_alarms_per_hour: float, k: int = 3, memory_size: int = 2000,
               features: str = "joint") -> tuple[AnomalyMemory, dict[str, Any]]:
     """Build the memory and threshold from normal joint embeddings ``x`` in time order."""
@@ -215,6 +249,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.false_alarms_per_hour > 0:
         raise UserError(f"--false-alarms-per-hour: {args.false_alarms_per_hour} must be > 0")
+    if args.features == "auto" and not args.validate:
+        raise UserError("--features auto needs --validate FOOTAGE with anomalies marked in its sidecar")
     if args.k < 1 or args.memory_size < args.k:
         raise UserError(f"--k {args.k} / --memory-size {args.memory_size}: need 1 <= k <= memory size")
     d = writable_bundle_dir(args.models, "calibrate")
@@ -225,9 +261,23 @@ def run(args: argparse.Namespace) -> int:
     dropped = int((~mask).sum())
     if dropped:
         log.info("calibrate: leaving out %d windows that the sidecars mark anomalous", dropped)
+    features, comparison = args.features, None
+    if features == "auto":
+        val = embed_footage(bundle, args.validate, require_labels=True)
+        if not val.anomalous.any() or val.anomalous.all():
+            raise UserError(f"--validate {' '.join(args.validate)}: the sidecars must mark some windows anomalous "
+                            "and some not, to compare features")
+        comparison = compare_features(x[mask], val.joint, val.anomalous, args.k, args.memory_size)
+        measured = {f: a for f, a in comparison.items() if a is not None}
+        features = max(measured, key=lambda f: measured[f]) if measured else "joint"
+        print(f"calibrate: anomaly AUROC on the validation footage: "
+              f"{', '.join(f'{f} {a}' for f, a in comparison.items())}; using {features}")
     mem, metrics = calibrate(x[mask], bundle.window_spec.hop_s, args.false_alarms_per_hour, k=args.k,
-                             memory_size=args.memory_size, features=args.features)
+                             memory_size=args.memory_size, features=features)
     metrics["windows_marked_anomalous_left_out"] = dropped
+    if comparison is not None:
+        metrics["feature_selection"] = {"validation_footage": [str(p) for p in val.files],
+                                        "validation_auroc": comparison}
     if metrics["threshold_method"].startswith("exponential"):
         need_min = 300.0 / args.false_alarms_per_hour  # n * p >= 5 windows above it, in minutes
         log.warning("calibrate: %.1f min of normal footage is too short to observe %g false alarms/hour; the threshold "
@@ -265,7 +315,10 @@ def register(subparsers: Any) -> None:
                    help="target false alarms per hour on normal footage (default 1.0)")
     p.add_argument("--k", type=int, default=3, help="neighbours averaged in the score (default 3)")
     p.add_argument("--memory-size", type=int, default=2000, help="most normal windows kept (default 2000)")
-    p.add_argument("--features", choices=FEATURES, default="joint",
-                   help="which embedding the memory holds (default joint = audio and video)")
+    p.add_argument("--features", choices=[*FEATURES, "auto"], default="joint",
+                   help="which embedding the memory holds (default joint = audio and video); auto: the one with "
+                        "the best anomaly AUROC on --validate footage")
+    p.add_argument("--validate", nargs="+", default=None, metavar="FOOTAGE",
+                   help="labelled footage with anomalies (sidecars) to choose --features auto on")
     p.add_argument("--threads", type=int, default=2, help="onnxruntime threads (default 2)")
     p.set_defaults(func=run)

@@ -16,6 +16,9 @@ It runs, through the real command line, exactly this sequence (printed as it goe
 7. the same steps 3-6 for untrained encoders (``edgeav train --epochs 0``): the floor the trained
    bundle is compared with (design.md section 3), stored as ``metrics.untrained_floor``.
 
+Calibration picks its features by measurement (``--features auto``) on separate validation footage
+(scripted anomalies, seed 103), never on the held-out footage the metrics come from.
+
 Same arguments, same footage and seeds: the synth footage is byte-identical; training on CPU is
 deterministic up to thread scheduling. Needs the train extra (torch).
 """
@@ -41,8 +44,16 @@ HELD_OUT_EVENTS = [
     {"kind": "dog", "start": 50.0}, {"kind": "crash", "start": 58.0}, {"kind": "bicycle", "start": 68.0},
     {"kind": "running", "start": 76.0}, {"kind": "car", "start": 84.0},
 ]
+# Validation (seed 103): the same kinds in another order, to choose the anomaly features on.
+VALIDATION_EVENTS = [
+    {"kind": "truck", "start": 3.0}, {"kind": "running", "start": 10.0}, {"kind": "dog", "start": 18.0},
+    {"kind": "crash", "start": 26.0}, {"kind": "car", "start": 36.0}, {"kind": "scream", "start": 44.0},
+    {"kind": "bicycle", "start": 52.0}, {"kind": "explosion", "start": 60.0}, {"kind": "talking", "start": 68.0},
+    {"kind": "glass_break", "start": 78.0},
+]
 TRAIN_SEEDS = (1, 2, 3)
 HELD_OUT_SEEDS = (101, 102)
+VALIDATION_SEED = 103
 SIZE = ("320", "180", "15")
 
 
@@ -52,28 +63,9 @@ def _edgeav(*args: str) -> None:
     subprocess.run(cmd, check=True, cwd=REPO)
 
 
-def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
-    """Area under the ROC curve by ranks (ties averaged); None without both classes."""
-    pos = np.asarray(positive, dtype=bool)
-    n1, n0 = int(pos.sum()), int((~pos).sum())
-    if n1 == 0 or n0 == 0:
-        return None
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    ranks[order] = np.arange(1, len(scores) + 1)
-    s = np.asarray(scores)[order]
-    i = 0
-    while i < len(s):  # average ranks over ties
-        j = i
-        while j + 1 < len(s) and s[j + 1] == s[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j + 2) / 2.0
-        i = j + 1
-    return float((ranks[pos].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
-
-
 def held_out_metrics(bundle_dir: Path, footage: list[Path]) -> dict[str, Any]:
     from edgeav.bundle import embed_footage, load_bundle
+    from edgeav.calibrate import auroc
 
     b = load_bundle(bundle_dir, threads=2)
     emb = embed_footage(b, footage, require_labels=True)
@@ -130,17 +122,30 @@ def main(argv: list[str] | None = None) -> int:
             timeline.write_text(json.dumps(HELD_OUT_EVENTS))
             _edgeav("synth", str(f), "--seconds", "90", "--seed", str(HELD_OUT_SEEDS[1]), "--events", str(timeline),
                     "--width", w, "--height", h, "--fps", fps)
+        val_dir = work / "validation"
+        val_dir.mkdir(exist_ok=True)
+        f = val_dir / f"scripted_{VALIDATION_SEED}.mp4"
+        if not f.exists():
+            timeline = work / "validation_events.json"
+            timeline.write_text(json.dumps(VALIDATION_EVENTS))
+            _edgeav("synth", str(f), "--seconds", "90", "--seed", str(VALIDATION_SEED), "--events", str(timeline),
+                    "--width", w, "--height", h, "--fps", fps)
         held = sorted(held_dir.glob("*.mp4"))
         out = Path(args.out)
         runs = {"trained": (work / "run", args.epochs), "untrained_floor": (work / "run_untrained", "0")}
         results: dict[str, dict[str, Any]] = {}
         for name, (run, epochs) in runs.items():
             bundle = out if name == "trained" else work / "bundle_untrained"
-            _edgeav("train", str(train_dir), "--out", str(run), "--epochs", epochs, "--pairs", args.pairs,
-                    "--loss", args.loss, "--seed", args.seed, "--no-progress", "--cache-dir", str(work / "cache"))
+            if (run / "last.pt").is_file():  # a --work directory from an earlier call: training is the slow part
+                print(f"reusing the training run in {run}", flush=True)
+            else:
+                _edgeav("train", str(train_dir), "--out", str(run), "--epochs", epochs, "--pairs", args.pairs,
+                        "--loss", args.loss, "--seed", args.seed, "--no-progress", "--cache-dir",
+                        str(work / "cache"))
             _edgeav("export", str(run), "--out", str(bundle), "--force", "--parity-footage", str(held_dir))
             _edgeav("fit-events", "--models", str(bundle), str(train_dir))
-            _edgeav("calibrate", "--models", str(bundle), str(train_dir), "--false-alarms-per-hour", "1")
+            _edgeav("calibrate", "--models", str(bundle), str(train_dir), "--false-alarms-per-hour", "1",
+                    "--features", "auto", "--validate", str(val_dir))
             results[name] = held_out_metrics(bundle, held)
             print(f"{name}: held-out {results[name]}", flush=True)
         metrics = results["trained"]

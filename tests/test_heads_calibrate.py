@@ -207,3 +207,20 @@ def test_calibrate_catches_held_out_anomalies(site):
     # exactly one head and one memory file are left in the bundle, both hashed
     names = sorted(p.name for p in site["bundle"].iterdir())
     assert sum(n.startswith("events-") for n in names) == 1 and sum(n.startswith("anomaly-") for n in names) == 1
+
+
+def test_features_chosen_by_measurement():
+    """Only the audio half tells anomalies apart (the video half drifts with an unseen scene): auto picks audio."""
+    from edgeav.calibrate import auroc, compare_features
+
+    rng = np.random.default_rng(5)
+    normal = rng.standard_normal((400, 16)).astype(np.float32)
+    val = rng.standard_normal((200, 16)).astype(np.float32)
+    anomalous = np.zeros(200, dtype=bool)
+    anomalous[::10] = True
+    val[anomalous, :8] += 3.0  # the audio half of anomalous windows moves away from normal
+    val[:, 8:] += rng.standard_normal((200, 8)) * 2.0  # the video half is noisy for everything
+    auc = compare_features(normal, val, anomalous, k=3, memory_size=200)
+    assert max(auc, key=lambda f: auc[f] or 0.0) == "audio" and auc["audio"] > 0.95
+    assert auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1], bool)) == 0.75
+    assert auroc(np.array([1.0, 1.0]), np.array([0, 1], bool)) == 0.5  # ties count half
