@@ -103,9 +103,11 @@ class Daemon:
     # ---------------------------------------------------------------------------------- setup
     def _load(self) -> tuple[Any, Any, Any]:
         # The same config -> decision parameters as replay: one code path for live and offline.
-        from edgeav.replay import _params_from_config
+        from edgeav.config import load_config
+        from edgeav.pipeline import decision_params
 
-        events, anomaly, config = _params_from_config(self.config_path)
+        config = load_config(self.config_path)
+        events, anomaly = decision_params(config)
         if not config.cameras:
             raise UserError(f"{self.config_path}: cameras: the config has no cameras; nothing to run")
         return config, events, anomaly
@@ -114,13 +116,6 @@ class Daemon:
         from edgeav.bundle import load_bundle
 
         return load_bundle(config.models.bundle)
-
-    def _anomaly_params(self, anomaly: Any) -> Any:
-        from edgeav.decide import AnomalyParams
-
-        if anomaly is None or self.bundle.anomaly is None:
-            return None
-        return AnomalyParams(self.bundle.anomaly.threshold, anomaly.min_duration_s, anomaly.cooldown_s)
 
     def _start_mqtt(self) -> None:
         if self.config.mqtt is None:
@@ -165,7 +160,7 @@ class Daemon:
             sinks.append(MqttSink(self.publisher, clips=clips))
         else:
             sinks.append(_ClipOnlySink(clips))
-        live = LiveCamera(cam_cfg, self.bundle, sinks, self.events, self._anomaly_params(self.anomaly))
+        live = LiveCamera(cam_cfg, self.bundle, sinks, self.events, self.anomaly)
         times = PacketTimes()
         live.add_packet_listener(lambda packet: clips.add_packet(packet, times(packet)))
         live.start()

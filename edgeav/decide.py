@@ -109,9 +109,9 @@ class EventLocalizer:
 
 @dataclass(frozen=True)
 class AnomalyParams:
-    """The config's ``anomaly`` section plus the bundle's calibrated threshold."""
+    """The config's ``anomaly`` section plus the bundle's calibrated threshold (``None``: take the bundle's)."""
 
-    threshold: float
+    threshold: float | None = None
     min_duration_s: float = 1.0
     cooldown_s: float = 30.0
 
@@ -138,6 +138,8 @@ class AnomalyDecider:
 
     def update(self, t_start: float, t_end: float, score: float | None) -> Incident | None:
         p = self.params
+        if p.threshold is None:
+            raise ValueError("AnomalyDecider needs a threshold (the bundle's calibrated one)")
         if score is None or score < p.threshold:
             if self._run_start is not None and self._fired:
                 self._quiet_until = self._run_last_end + p.cooldown_s

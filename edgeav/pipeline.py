@@ -62,6 +62,20 @@ class PipelineStats:
     labels: dict[str, int] = field(default_factory=dict)
 
 
+def decision_params(config: Any | None) -> tuple[EventParams, AnomalyParams]:
+    """The config's ``events`` and ``anomaly`` sections as the deciders' parameters (defaults without a config).
+
+    Replay and the daemon both call this: one mapping for live and offline. The anomaly threshold is left
+    to the bundle's calibration (:class:`CameraPipeline` takes it from there).
+    """
+    if config is None:
+        return EventParams(), AnomalyParams()
+    ev, an = config.events, config.anomaly
+    events = EventParams(start_threshold=ev.start_threshold, end_threshold=ev.end_threshold,
+                         start_windows=ev.start_windows, end_windows=ev.end_windows)
+    return events, AnomalyParams(min_duration_s=an.min_duration_s, cooldown_s=an.cooldown_s)
+
+
 def frame_converter(spec: WindowSpec, stats: PipelineStats | None = None) -> Callable[[Any], np.ndarray]:
     """PyAV frame -> the model's RGB input, through the shared preprocessing; timed when ``stats`` is given."""
 
@@ -96,9 +110,9 @@ class CameraPipeline:
         self.localizer = EventLocalizer(self.class_names, params) if head is not None else None
         self.decider = None
         if bundle.anomaly is not None:
-            base = anomaly or AnomalyParams(threshold=bundle.anomaly.threshold)
-            self.decider = AnomalyDecider(AnomalyParams(bundle.anomaly.threshold, base.min_duration_s,
-                                                        base.cooldown_s))
+            base = anomaly or AnomalyParams()
+            threshold = bundle.anomaly.threshold if base.threshold is None else base.threshold
+            self.decider = AnomalyDecider(replace(base, threshold=threshold))
         self._batch: list[Window] = []
         self.index = index
         self._index_source = index.source_id(camera, source_id) if index is not None else 0

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from edgeav.decide import AnomalyParams, EventParams
 from edgeav.errors import UserError
 from edgeav.records import dumps
 
@@ -85,21 +84,6 @@ def atomic_output(path: str | None) -> Iterator[IO[str] | None]:
         raise
 
 
-def _params_from_config(path: str | None) -> tuple[EventParams, AnomalyParams | None, Any]:
-    if path is None:
-        return EventParams(), None, None
-    from edgeav.config import load_config
-
-    cfg = load_config(path)
-    ev = cfg.events
-    events = EventParams(start_threshold=ev.start_threshold, end_threshold=ev.end_threshold,
-                         start_windows=ev.start_windows, end_windows=ev.end_windows)
-    an = cfg.anomaly
-    # The threshold itself comes from the bundle's calibration; the config sets duration and cooldown.
-    anomaly = AnomalyParams(threshold=float("nan"), min_duration_s=an.min_duration_s, cooldown_s=an.cooldown_s)
-    return events, anomaly, cfg
-
-
 def _fmt_t(t: float) -> str:
     m, s = divmod(t, 60.0)
     return f"{int(m):02d}:{s:05.2f}"
@@ -133,21 +117,25 @@ def print_summary(footage: Path, duration: float, stats: Any, summary: SummarySi
 def run(args: argparse.Namespace) -> int:
     from edgeav import media
     from edgeav.bundle import load_bundle
-    from edgeav.pipeline import CameraPipeline, run_file
+    from edgeav.pipeline import CameraPipeline, decision_params, run_file
 
     files = media.find_footage(args.footage)
-    events, anomaly, _cfg = _params_from_config(args.config)
+    config = None
+    if args.config:
+        from edgeav.config import load_config
+
+        config = load_config(args.config)
+    events, anomaly = decision_params(config)
+    models = args.models or (config.models.bundle if config is not None else None)
+    bundle = load_bundle(models, threads=args.threads)
+    infos = [media.probe(f, require_audio=False) for f in files]  # fail on bad footage before writing anything
     publisher = None
-    if _cfg is not None and _cfg.mqtt is not None:
+    if config is not None and config.mqtt is not None:
         # The daemon's payloads through the daemon's durable outbox (issue 10).
         from edgeav.mqtt import MqttSink, publisher_from_config
 
-        publisher = publisher_from_config(_cfg, [args.camera or f.stem for f in files], helper=True)
+        publisher = publisher_from_config(config, [args.camera or f.stem for f in files], helper=True)
         publisher.start()  # connects in the background while the footage is processed
-    bundle = load_bundle(args.models, threads=args.threads)
-    if anomaly is not None and bundle.anomaly is not None:
-        anomaly = AnomalyParams(bundle.anomaly.threshold, anomaly.min_duration_s, anomaly.cooldown_s)
-    infos = [media.probe(f, require_audio=False) for f in files]  # fail on bad footage before writing anything
     show_progress = sys.stderr.isatty() and not args.quiet
     index = None
     if args.index:
@@ -218,7 +206,8 @@ def register(subparsers: Any) -> None:
         description="Run the daemon's pipeline over footage files (or directories of them) on their own clock. "
                     "Deterministic: the same input gives byte-identical outputs.")
     p.add_argument("footage", nargs="+", metavar="FOOTAGE", help="footage files or directories")
-    p.add_argument("--models", metavar="BUNDLE_DIR", help="model bundle (default: the one shipped in the package)")
+    p.add_argument("--models", metavar="BUNDLE_DIR",
+                   help="model bundle (default: the config's models.bundle, else the shipped one)")
     p.add_argument("--out", metavar="EVENTS.jsonl", help="write events and alerts as JSON lines")
     p.add_argument("--windows", metavar="WINDOWS.jsonl", help="write one JSON line per window")
     p.add_argument("--config", metavar="FILE", help="edgeav config (events and anomaly sections)")
