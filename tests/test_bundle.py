@@ -239,3 +239,18 @@ def test_commands_name_what_is_missing(toy, clip):
     assert_one_line_error(proc, "--false-alarms-per-hour", "must be > 0")
     assert (d / MANIFEST_NAME).read_bytes() == before  # refused commands leave the bundle as it was
     assert sorted(p.name for p in d.iterdir()) == ["audio.onnx", MANIFEST_NAME, "video.onnx"]
+
+
+def test_default_bundle_ships_verified_and_complete():
+    """`--models` defaults to the packaged bundle: it must verify and carry a head, a memory and its metrics."""
+    b = load_bundle(None, threads=1)
+    assert b.event_head is not None and b.anomaly is not None
+    metrics = b.manifest["metrics"]
+    assert {"held_out", "untrained_floor"} <= set(metrics)
+    assert b.manifest["recipe"].startswith("python -m export.default_bundle")
+    rng = np.random.default_rng(0)
+    ws = b.window_spec
+    joint = b.embed(rng.standard_normal((2, ws.samples_per_window)).astype(np.float32) * 0.1,
+                    rng.integers(0, 256, (2, ws.frames_per_window, ws.frame_height, ws.frame_width, 3), np.uint8))
+    assert b.event_head.predict_proba(joint).shape == (2, len(b.event_head.class_names))
+    assert b.anomaly.score(joint).shape == (2,)
