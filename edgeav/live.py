@@ -217,6 +217,7 @@ class LiveCamera:
         convert = frame_converter(self.spec, self.pipeline.stats)
         asm: WindowAssembler | None = None
         next_expire = 0.0
+        last_video_t = -math.inf
         while not self._stop.is_set():
             try:
                 kind, t, item = self._captures.get(timeout=EXPIRE_EVERY_S)
@@ -227,7 +228,10 @@ class LiveCamera:
                 if asm is None:  # windows on the global grid k*hop, starting at the first capture
                     origin = math.floor(t / self.spec.hop_s) * self.spec.hop_s
                     asm = WindowAssembler(self.spec, convert, has_audio=self.has_audio, origin=origin)
-                if kind == VIDEO:
+                if kind == VIDEO and t <= last_video_t:
+                    pass  # a reconnect onto a clock that stepped back: the assembler needs time to move forward
+                elif kind == VIDEO:
+                    last_video_t = t
                     self.skew.video(t, mean_luma(item))
                     out += asm.add_video_frame(t, item)
                 else:

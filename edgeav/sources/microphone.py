@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 BLOCK_S = 0.02            # 20 ms blocks: small against the 100 ms A/V budget, cheap in callbacks
 ANCHOR_BLOCKS = 25        # ADC anchors kept for the median (0.5 s)
 BOUND_WINDOW_S = 2.0      # the arrival bound looks this far back
+STEADY_S = 0.003          # consecutive ADC offsets further apart than this are not trusted
 _open_streams = 0         # microphone streams open in this process (see module docstring: rescans)
 _open_lock = threading.Lock()
 
@@ -72,6 +73,7 @@ class MicClock:
         self.anchors: deque[float] = deque(maxlen=ANCHOR_BLOCKS)
         self.mode = "arrival"
         self.rejected = 0
+        self._prev_off: float | None = None
 
     def block(self, frames: int, adc_unix: float | None, arrival: float) -> float:
         """Register a block of ``frames`` samples; return the Unix time of its first sample."""
@@ -83,11 +85,16 @@ class MicClock:
         bound = min(b for _, b in self._bounds)
         if adc_unix is not None and adc_unix > 0:
             off = adc_unix - start
-            if bound - self.slack_s <= off <= bound + 0.005:
+            # A good ADC time moves with the samples: its offset from the sample count stays put. One
+            # that stands still while blocks go by (seen under PulseAudio) ramps by a block each time.
+            steady = self._prev_off is not None and abs(off - self._prev_off) <= STEADY_S
+            self._prev_off = off
+            if steady and bound - self.slack_s <= off <= bound + 0.005:
                 self.anchors.append(off)
             else:
                 self.rejected += 1
-                self.anchors.clear()  # the stream's timeline moved (lost samples): old anchors are stale
+                if not steady:
+                    self.anchors.clear()  # the stream's timeline moved (lost samples): old anchors are stale
         if self.anchors:
             self.mode = "adc"
             return start + float(np.median(self.anchors))
