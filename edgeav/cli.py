@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "edgeav.bench",
     "edgeav.live_bench",
     "edgeav.daemon",
+    "edgeav.evaluate_cli",
 )
 
 
