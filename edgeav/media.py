@@ -266,7 +266,8 @@ def iter_audio_blocks(path: str | os.PathLike[str], sample_rate: int = AUDIO_SAM
         try:
             for frame in c.decode(s):
                 if t_next is None:
-                    t_next = float(frame.pts * s.time_base) - origin if frame.pts is not None else 0.0
+                    tb = frame.time_base or s.time_base
+                    t_next = float(frame.pts * tb) - origin if frame.pts is not None and tb is not None else 0.0
                 for out in resampler.resample(frame):
                     block = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
                     yield t_next, block

@@ -225,7 +225,8 @@ def _lr_lambda(total_steps: int, warmup: int, min_ratio: float):
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """No weight decay on norms, biases and the temperature (they are not weights that overfit)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)

@@ -114,6 +114,9 @@ def dft_basis(n_fft: int, win: int) -> np.ndarray:
 class LogMel(nn.Module):
     """wave ``[B, S]`` -> log-mel ``[B, n_mels, T]`` with ONNX-friendly ops only."""
 
+    basis: torch.Tensor
+    mel: torch.Tensor
+
     def __init__(self, sample_rate: int, n_fft: int, win: int, hop: int, n_mels: int,
                  fmin: float, fmax: float) -> None:
         super().__init__()
@@ -227,6 +230,9 @@ def _projection(p: int, d: int, hidden: int = 256) -> nn.Sequential:
 class AudioEncoder(nn.Module):
     """Raw 16 kHz mono samples -> L2-normalised embedding; the log-mel front end is part of the model."""
 
+    mel_mean: torch.Tensor
+    mel_std: torch.Tensor
+
     def __init__(self, params: dict[str, Any]) -> None:
         super().__init__()
         a = params["audio"]
@@ -267,6 +273,9 @@ class AudioEncoder(nn.Module):
 
 class VideoEncoder(nn.Module):
     """uint8 RGB frames ``[B, F, H, W, 3]`` -> L2-normalised embedding; early fusion of the F frames."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, params: dict[str, Any]) -> None:
         super().__init__()
