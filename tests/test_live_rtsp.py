@@ -157,3 +157,34 @@ def test_a_slow_consumer_drops_the_oldest_windows_and_capture_keeps_up(toy_bundl
     ws = sink.snapshot()
     assert ws and all(w["missing"] == ["audio"] for w in ws)  # audio "none": video-only windows, as replay flags them
     assert set(packets) == {"video"}                           # the camera's audio was not even requested
+
+
+def test_a_frozen_camera_is_seen_as_stalled_and_recovered(toy_bundle, synth_footage):
+    """The server process is stopped (SIGSTOP): the connection stays open but nothing comes."""
+    import os
+    import signal
+
+    sink = Collect()
+    with RtspServer(synth_footage) as server:
+        live = LiveCamera(camera(server.url, {"source": "none"}), toy_bundle, [sink], stall_s=2.0)
+        live.start()
+        try:
+            assert wait_for(lambda: live.health()["streaming"], 15), live.health()
+            assert server.proc is not None
+            os.killpg(server.proc.pid, signal.SIGSTOP)
+            frozen = time.monotonic()
+            try:
+                assert wait_for(lambda: live.health()["sources"]["video"]["state"] != "streaming", 6.0)
+                noticed = time.monotonic() - frozen
+                assert wait_for(lambda: live.health()["sources"]["video"]["reconnects"] >= 1, 6.0)
+            finally:
+                os.killpg(server.proc.pid, signal.SIGCONT)
+            frames = live.health()["frames"]
+            assert wait_for(lambda: live.health()["frames"] > frames + 5, 12.0), live.health()["sources"]
+            h = live.health()
+        finally:
+            assert live.stop(15.0)
+    states = [t["state"] for t in h["sources"]["video"]["transitions"]]
+    assert states[:3] == ["connecting", "streaming", "stalled"], states
+    assert states[-1] == "streaming"
+    assert 1.5 <= noticed <= 4.0  # the 2 s watchdog, not a minute of TCP retries
