@@ -149,6 +149,11 @@ def test_config_errors_name_file_field_and_value(clip: Path, tmp_path: Path) -> 
     bad_val.write_text("optim: {lr: -1}\n")
     assert_one_line_error(_train(clip, "--out", tmp_path / "r", "--config", bad_val, cache=tmp_path / "c"),
                           str(bad_val), "optim.lr", "-1")
+    assert_one_line_error(_train(clip, "--out", tmp_path / "none", "--resume", cache=tmp_path / "c"),
+                          "--resume", "no run to resume")
+    if not torch.cuda.is_available():
+        assert_one_line_error(_train(clip, "--out", tmp_path / "r", "--device", "cuda", cache=tmp_path / "c"),
+                              "--device cuda", "no CUDA device")
     over = tmp_path / "big.yaml"
     over.write_text("model: {video: {channels: [256, 512, 512, 512]}}\n")
     assert_one_line_error(_train(clip, "--out", tmp_path / "r", "--config", over, cache=tmp_path / "c"),
