@@ -120,3 +120,23 @@ def test_live_camera_refuses_a_file_source(tmp_path):
     cam = CameraConfig.model_validate({"name": "gate", "video": {"file": str(tmp_path / "f.mp4")}})
     with pytest.raises(UserError, match=r"gate.*video\.url"):
         LiveCamera(cam, load_bundle(tmp_path / "b"), [])
+
+
+def test_a_camera_down_for_long_logs_its_failure_once_not_every_retry(caplog):
+    import logging
+
+    from edgeav.sources.base import BACKING_OFF, CONNECTING, STREAMING, SourceStatus
+
+    s = SourceStatus("gate", "rtsp")
+    with caplog.at_level(logging.INFO, logger="edgeav.sources.base"):
+        for i in range(20):
+            s.set_state(BACKING_OFF, f"cannot open rtsp://cam/: Connection refused; retry in {i % 3}.5 s")
+            s.reconnects += 1
+            s.set_state(CONNECTING, "reconnecting")
+        s.set_state(BACKING_OFF, "cannot open rtsp://cam/: Operation timed out; retry in 2.0 s")
+        s.set_state(STREAMING, "first frame")
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("Connection refused" in ln for ln in lines) == 1
+    assert sum("timed out" in ln for ln in lines) == 1      # a new reason is news
+    assert lines[-1].endswith("streaming (first frame)")
+    assert len(s.transitions) == 43  # start + every change, kept for the health report (up to 50)

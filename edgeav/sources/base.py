@@ -32,6 +32,7 @@ STALLED = "stalled"
 BACKING_OFF = "backing_off"
 STOPPED = "stopped"
 STATES = (CONNECTING, STREAMING, STALLED, BACKING_OFF, STOPPED)
+REPEAT_LOG_S = 600.0  # a failure that keeps repeating is logged again at most this often
 
 
 class CaptureSink(Protocol):
@@ -96,6 +97,7 @@ class SourceStatus:
         self.clock = "none"                       # how captures are put on the common clock
         self.latency_s: float | None = None       # arrival minus capture time of the newest capture
         self._lock = threading.Lock()
+        self._logged: tuple[str, float] = ("", 0.0)  # (reason, when) of the last failure logged at WARNING
         self.transitions.append((self.state_since, CONNECTING, "start"))
 
     def set_state(self, state: str, why: str = "") -> None:
@@ -106,8 +108,25 @@ class SourceStatus:
             now = time.time()
             self.state, self.state_since = state, now
             self.transitions.append((now, state, why))
-        level = logging.INFO if state in (STREAMING, STOPPED, CONNECTING) else logging.WARNING
-        log.log(level, "%s %s: %s%s", self.kind, self.name, state, f" ({why})" if why else "")
+        log.log(self._level(state, why, now), "%s %s: %s%s", self.kind, self.name, state, f" ({why})" if why else "")
+
+    def _level(self, state: str, why: str, now: float) -> int:
+        """Log levels that keep a camera down for a week from filling the journal.
+
+        A retry cycle (connecting -> backing_off -> connecting ...) logs its failure once at WARNING,
+        then again only when the reason changes or every ``REPEAT_LOG_S``; the rest goes to DEBUG.
+        """
+        if state == CONNECTING:
+            return logging.DEBUG if self.reconnects else logging.INFO
+        if state in (STREAMING, STOPPED):
+            self._logged = ("", 0.0)
+            return logging.INFO
+        reason = why.split("; retry in")[0]
+        last_reason, last_t = self._logged
+        if reason == last_reason and now - last_t < REPEAT_LOG_S:
+            return logging.DEBUG
+        self._logged = (reason, now)
+        return logging.WARNING
 
     def as_dict(self) -> dict[str, Any]:
         with self._lock:
