@@ -87,11 +87,19 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def bundle_id_from_files(files: dict[str, dict[str, Any]]) -> str:
-    """A bundle id derived from the names and hashes of its files: identical content, identical id."""
+# The manifest sections that change what the bundle does; hashed into the id with the files, so a hand
+# edit of, say, the hop or a threshold is caught. Times and export measurements are left out: the same
+# content exported twice gets the same id.
+ID_SECTIONS = ("schema", "preprocessing", "embedding_size", "models", "events", "anomaly")
+
+
+def bundle_id_for(manifest: dict[str, Any], files: dict[str, dict[str, Any]]) -> str:
+    """A bundle id derived from its file hashes and behaviour sections: identical content, identical id."""
     h = hashlib.sha256()
     for name in sorted(files):
         h.update(f"{name}\0{files[name]['sha256']}\n".encode())
+    behaviour = {k: manifest.get(k) for k in ID_SECTIONS}
+    h.update(json.dumps(behaviour, sort_keys=True, separators=(",", ":")).encode())
     return "b-" + h.hexdigest()[:16]
 
 
@@ -149,7 +157,7 @@ def write_manifest(bundle_dir: str | Path, manifest: dict[str, Any]) -> dict[str
             raise UserError(f"{p}: bundle file referenced by the manifest does not exist")
         files[name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
     out["files"] = files
-    out["bundle_id"] = bundle_id_from_files(files)
+    out["bundle_id"] = bundle_id_for(out, files)
     out.setdefault("created", utc_now_iso())
     out["updated"] = utc_now_iso()
     out.setdefault("edgeav_version", __version__)
@@ -262,10 +270,10 @@ def verify_files(bundle_dir: str | Path, manifest: dict[str, Any]) -> None:
             raise UserError(
                 f"{p}: sha256 {digest[:12]}… does not match the manifest's {entry['sha256'][:12]}… "
                 f"(the file was changed, or {MANIFEST_NAME} belongs to another bundle)")
-    expected = bundle_id_from_files(files)
+    expected = bundle_id_for(manifest, files)
     if manifest.get("bundle_id") != expected:
-        raise UserError(f"{d / MANIFEST_NAME}: bundle_id {manifest.get('bundle_id')!r} does not match its files "
-                        f"({expected}): the manifest was edited by hand")
+        raise UserError(f"{d / MANIFEST_NAME}: bundle_id {manifest.get('bundle_id')!r} does not match its files and "
+                        f"settings ({expected}): the manifest was edited by hand")
 
 
 # ---------------------------------------------------------------------------------------------- the bundle

@@ -168,6 +168,9 @@ def test_bad_manifests_are_refused(toy, clip):
     m = json.loads((d / MANIFEST_NAME).read_text())
     (d / MANIFEST_NAME).write_text(json.dumps({**m, "bundle_id": "b-0000000000000000"}))
     _refused(d, clip, MANIFEST_NAME, "bundle_id")
+    # a hand edit of a setting (the hop) with the files untouched is caught too
+    (d / MANIFEST_NAME).write_text(json.dumps({**m, "preprocessing": {**m["preprocessing"], "hop_s": 0.25}}))
+    _refused(d, clip, MANIFEST_NAME, "edited by hand")
     (d / MANIFEST_NAME).write_text(json.dumps({**m, "schema": "edgeav.bundle/99"}))
     _refused(d, clip, "schema", "edgeav.bundle/99")
     (d / MANIFEST_NAME).write_text("{not json")
