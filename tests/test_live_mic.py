@@ -1,6 +1,6 @@
 """A microphone and an RTSP camera on one clock: a real PulseAudio virtual microphone and a real RTSP server.
 
-The footage shows a white flash at exactly 3.0 s; a click is played into the virtual microphone so
+The footage shows a white flash at exactly 5.0 s; a click is played into the virtual microphone so
 that it sounds at the instant the server sends that frame (the server reports the wall time of
 media position 0). The health report's measured A/V skew must be within 100 ms. Then the
 microphone vanishes (its PulseAudio modules unloaded) and returns: meanwhile the windows are
@@ -26,12 +26,12 @@ from tests.virtual_mic import VirtualMic, mic_available
 pytestmark = pytest.mark.skipif(server_available() is not None or mic_available() is not None,
                                 reason=f"{server_available()} / {mic_available()}")
 
-FLASH_AT = 3.0
+FLASH_AT = 5.0  # after the first RTCP sender report (1 to 2 s in), when frames move to the sender's clock
 
 
 @pytest.fixture(scope="module")
 def flash_footage(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """30 s of black with a white flash from 3.0 s to 3.2 s (frame-exact at 15 fps); silent audio."""
+    """30 s of black with a white flash from FLASH_AT for 0.2 s (frame-exact at 15 fps); silent audio."""
     p = tmp_path_factory.mktemp("mic") / "flash.mp4"
     subprocess.run(
         ["timeout", "60", "ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i",

@@ -92,6 +92,7 @@ class SourceStatus:
         self.frames = 0
         self.audio_blocks = 0
         self.packets = 0
+        self.frames_dropped = 0                   # decoded but not used (time would have gone backwards)
         self.last_data: float | None = None     # unix time of the newest capture
         self.last_error: str | None = None
         self.clock = "none"                       # how captures are put on the common clock
@@ -133,7 +134,8 @@ class SourceStatus:
             transitions = [{"t": round(t, 3), "state": s, "why": w} for t, s, w in self.transitions]
         return {
             "kind": self.kind, "state": self.state, "state_since": round(self.state_since, 3),
-            "reconnects": self.reconnects, "frames": self.frames, "audio_blocks": self.audio_blocks,
+            "reconnects": self.reconnects, "frames": self.frames, "frames_dropped": self.frames_dropped,
+            "audio_blocks": self.audio_blocks,
             "packets": self.packets, "last_data": None if self.last_data is None else round(self.last_data, 3),
             "last_error": self.last_error, "clock": self.clock,
             "latency_ms": None if self.latency_s is None else round(self.latency_s * 1000, 1),

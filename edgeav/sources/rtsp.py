@@ -204,6 +204,7 @@ class RtspSource(SourceThread):
                     continue
                 if is_video:
                     if t <= last_video_t:  # the clock switched to the sender's reports: keep time increasing
+                        self.status.frames_dropped += 1
                         continue
                     last_video_t, last_frame_at = t, now
                     self.status.frames += 1
