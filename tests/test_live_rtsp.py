@@ -188,3 +188,19 @@ def test_a_frozen_camera_is_seen_as_stalled_and_recovered(toy_bundle, synth_foot
     assert states[:3] == ["connecting", "streaming", "stalled"], states
     assert states[-1] == "streaming"
     assert 1.5 <= noticed <= 4.0  # the 2 s watchdog, not a minute of TCP retries
+
+
+def test_camera_audio_configured_on_a_camera_without_sound_runs_video_only_and_says_why(toy_bundle, synth_footage):
+    sink = Collect()
+    with RtspServer(synth_footage, audio=False) as server:
+        live = LiveCamera(camera(server.url, {"source": "camera"}), toy_bundle, [sink])
+        live.start()
+        try:
+            assert wait_for(lambda: len(sink.snapshot()) >= 8, 15), live.health()
+            h = live.health()
+        finally:
+            assert live.stop(10.0)
+    assert h["sources"]["video"]["state"] == "streaming"
+    assert h["sources"]["audio"]["state"] == "stalled" and "no audio track" in h["sources"]["audio"]["last_error"]
+    assert not h["streaming"]
+    assert all(w["missing"] == ["audio"] for w in sink.snapshot())

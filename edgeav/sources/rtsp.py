@@ -170,7 +170,9 @@ class RtspSource(SourceThread):
             aus = container.streams.audio[0]
             streams.append(aus)
         elif self.want_audio and self.audio_status is not None:
-            self.audio_status.last_error = "the camera's stream has no audio track"
+            # Configured `audio: {source: camera}` on a camera that sends no sound: run video-only, say so.
+            self.audio_status.last_error = "the camera's stream has no audio track (set audio.source: none?)"
+            self.audio_status.set_state(STALLED, self.audio_status.last_error)
         vclock, aclock = StreamClock(), StreamClock()
         resampler = av.AudioResampler(format="flt", layout="mono", rate=self.sample_rate) if aus else None
         audio_next: float | None = None
