@@ -65,8 +65,8 @@ def virtual_mic():
                 os.environ[k] = v
 
 
-def _mic_camera(url: str):
-    return camera(url, {"source": "microphone", "device": "pulse", "sample_rate": 16000})
+def _mic_camera(url: str, rate: int = 16000):
+    return camera(url, {"source": "microphone", "device": "pulse", "sample_rate": rate})
 
 
 def test_click_and_flash_at_one_instant_measure_within_100ms(toy_bundle, flash_footage, virtual_mic):
@@ -98,7 +98,8 @@ def test_click_and_flash_at_one_instant_measure_within_100ms(toy_bundle, flash_f
 def test_microphone_vanishing_and_returning(toy_bundle, flash_footage, virtual_mic):
     sink = Collect()
     with RtspServer(flash_footage) as server:
-        live = LiveCamera(_mic_camera(server.url), toy_bundle, [sink])
+        # At 48 kHz, as many USB microphones only offer: resampled to the bundle's 16 kHz on the way in.
+        live = LiveCamera(_mic_camera(server.url, 48000), toy_bundle, [sink])
         live.start()
         try:
             assert wait_for(lambda: live.health()["streaming"], 15), live.health()
@@ -128,3 +129,18 @@ def test_microphone_vanishing_and_returning(toy_bundle, flash_footage, virtual_m
     states = [t["state"] for t in h["sources"]["audio"]["transitions"]]
     assert "stalled" in states and "backing_off" in states and states[-1] == "streaming"
     assert h["sources"]["audio"]["reconnects"] >= 1
+    assert "48000 Hz" in h["sources"]["audio"]["transitions"][-1]["why"]
+
+
+def test_microphone_chosen_by_name_or_index(virtual_mic):
+    import sounddevice as sd
+
+    from edgeav.sources.microphone import resolve_device
+
+    sd._terminate()  # list the devices as they are now that the virtual microphone exists
+    sd._initialize()
+    index, info = resolve_device("PULSE")  # names are matched case-insensitively, in part
+    assert info["name"] == "pulse" and info["max_input_channels"] > 0
+    assert resolve_device(index)[1]["name"] == "pulse"
+    with pytest.raises(LookupError, match=r"no input device 'usb mic' \(inputs: .*pulse"):
+        resolve_device("usb mic")
