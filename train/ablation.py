@@ -1,0 +1,259 @@
+"""The method's ablation (issue #5): train each variant x seed on the same synth footage, evaluate each.
+
+    python -m train.ablation --out DIR [--train-minutes 20] [--seeds 0 1 2] [--epochs 10]
+                             [--variants untrained temporal_infonce epg_multipos epg_fne random_multipos]
+
+1. ``edgeav synth`` footage into ``DIR/footage`` (kept and reused by later calls: same arguments, same
+   bytes): training footage (profile ``street``, seeds 1000+, files of at most 5 minutes); probe footage
+   (``street``, seeds 2000+; also the normal memory of the anomaly scorer); test footage (``street-anomalies``,
+   seeds 3000+, plus one scripted file with one of each anomaly kind among recurring events, seed 3900).
+2. per variant (``configs/ablation/VARIANT.yaml``, merged over the default training config) and seed:
+   ``edgeav train`` (``--epochs`` for every variant whose config does not fix it, i.e. all but the untrained
+   floor); the run's ``best.pt`` (held-out R@1 early stopping) or, untrained, ``last.pt``;
+3. :func:`train.evaluate.evaluate` of it (exported to a temporary ONNX bundle; footage decoded once);
+4. one line per run appended to ``DIR/results.jsonl`` (a run already there is not redone: the command
+   can be stopped and called again), then the markdown table over all runs: mean ± sample standard
+   deviation over seeds, per task, and for the mined variants the pair precision (against its chance
+   level) and the pairs per anchor of the last mining that the evaluated checkpoint saw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs" / "ablation"
+VARIANTS = ("untrained", "temporal_infonce", "epg_multipos", "epg_fne", "random_multipos")
+FILE_MINUTES = 5.0
+SIZE = ("320", "180", "15")
+SCRIPTED_SEED = 3900
+
+
+def edgeav(*args: str, log: Path | None = None) -> None:
+    """Run the real command line (as a user would); its output goes to ``log`` when given."""
+    print("$ edgeav " + " ".join(shlex.quote(a) for a in args), flush=True)
+    cmd = [sys.executable, "-m", "edgeav", *args]
+    if log is None:
+        proc = subprocess.run(cmd, cwd=REPO)
+    else:
+        with open(log, "a") as f:
+            proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise SystemExit(f"ablation: `edgeav {args[0]}` failed with exit code {proc.returncode}"
+                         + (f" (see {log})" if log else ""))
+
+
+def synth_set(root: Path, name: str, minutes: float, profile: str, first_seed: int) -> list[Path]:
+    out = []
+    n = max(1, int(np.ceil(minutes / FILE_MINUTES - 1e-9)))
+    w, h, fps = SIZE
+    for i in range(n):
+        path = root / name / f"{profile}-{first_seed + i}-{minutes * 60 / n:g}s.mp4"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            edgeav("synth", str(path), "--seconds", f"{minutes * 60 / n:g}", "--seed", str(first_seed + i),
+                   "--profile", profile, "--width", w, "--height", h, "--fps", fps)
+        out.append(path)
+    return out
+
+
+def scripted_test(root: Path) -> Path:
+    """A test file certain to hold one of each anomaly kind (a random profile may draw none in a few minutes)."""
+    from export.default_bundle import HELD_OUT_EVENTS
+
+    path = root / "test" / f"scripted-{SCRIPTED_SEED}.mp4"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        timeline = root / "scripted_events.json"
+        timeline.write_text(json.dumps(HELD_OUT_EVENTS))
+        w, h, fps = SIZE
+        edgeav("synth", str(path), "--seconds", "90", "--seed", str(SCRIPTED_SEED), "--events", str(timeline),
+               "--width", w, "--height", h, "--fps", fps)
+    return path
+
+
+def pair_summary(run: Path) -> dict[str, Any]:
+    """From the run's log: the epoch evaluated (best), and the last mining that shaped it."""
+    records = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines() if line.strip()]
+    epochs = [r for r in records if r.get("event") == "epoch"]
+    if not epochs:
+        return {"epochs_run": 0, "best_epoch": 0}
+    best = max(epochs, key=lambda r: (r.get("val_r1_a2v", -1.0), -r["epoch"]))
+    out: dict[str, Any] = {"epochs_run": epochs[-1]["epoch"], "best_epoch": best["epoch"],
+                           "best_val_r1_a2v": best.get("val_r1_a2v")}
+    # pairs mined at the end of epoch e are used from epoch e + 1: those the best checkpoint trained on
+    mined = [r for r in epochs if "pairs_per_anchor_mean" in r and r["epoch"] < best["epoch"]]
+    out["minings_used"] = len(mined)
+    if mined:
+        last = mined[-1]
+        out["pairs"] = {k[len("pairs_"):]: last[k] for k in ("pairs_precision", "pairs_chance", "pairs_per_anchor_mean",
+                                                              "pairs_share_with_any", "pairs_pairs") if k in last}
+        out["pairs"]["mined_after_epoch"] = last["epoch"]
+    return out
+
+
+def fixed_epochs(variant: str) -> bool:
+    cfg = yaml.safe_load((CONFIGS / f"{variant}.yaml").read_text()) or {}
+    return "epochs" in (cfg.get("train") or {})
+
+
+# ---------------------------------------------------------------------------------------------- table
+
+
+def _get(rec: dict[str, Any], path: str) -> float | None:
+    cur: Any = rec
+    for part in path.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return float(cur) if isinstance(cur, (int, float)) else None
+
+
+def _stat(values: list[float | None]) -> tuple[float, float, int] | None:
+    v = [x for x in values if x is not None and np.isfinite(x)]
+    if not v:
+        return None
+    return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v)
+
+
+def _fmt(s: tuple[float, float, int] | None, digits: int = 3) -> str:
+    if s is None:
+        return "–"
+    return f"{s[0]:.{digits}f} ± {s[1]:.{digits}f}" if s[2] > 1 else f"{s[0]:.{digits}f}"
+
+
+COLUMNS = [("segment acc.", "eval.localisation.segment_accuracy"),
+           ("event F1", "eval.localisation.event_macro_f1"),
+           ("anomaly AUROC (joint emb.)", "eval.anomaly.embedding_joint.auroc"),
+           ("P@10", "eval.search.p_at_10"),
+           ("mAP@10", "eval.search.map_at_10")]
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """Markdown: one row per variant (mean ± sample std over seeds), then anomaly AUROC per feature choice."""
+    variants = [v for v in VARIANTS if any(r["variant"] == v for r in results)]
+    variants += sorted({r["variant"] for r in results} - set(variants))
+    lines = ["| variant | seeds | best epoch | " + " | ".join(c for c, _ in COLUMNS)
+             + " | pair precision (chance) | pairs / anchor |",
+             "|---|---|---|" + "---|" * len(COLUMNS) + "---|---|"]
+    for v in variants:
+        rs = [r for r in results if r["variant"] == v]
+        cells = [_fmt(_stat([_get(r, p) for r in rs])) for _, p in COLUMNS]
+        prec = _stat([_get(r, "train.pairs.precision") for r in rs])
+        chance = _stat([_get(r, "train.pairs.chance") for r in rs])
+        per = _stat([_get(r, "train.pairs.per_anchor_mean") for r in rs])
+        pp = f"{_fmt(prec)} ({_fmt(chance)})" if prec else "–"
+        be = _fmt(_stat([_get(r, "train.best_epoch") for r in rs]), 1)
+        lines.append(f"| {v} | {len(rs)} | {be} | " + " | ".join(cells) + f" | {pp} | {_fmt(per, 2)} |")
+    feats = sorted({f for r in results for f in r["eval"]["anomaly"]},
+                   key=lambda f: (not f.startswith("embedding"), f))
+    floor = {f: _stat([_get(r, f"eval.anomaly.{f}.auroc") for r in results if r["variant"] == "untrained"])
+             for f in feats}
+    lines += ["", "Anomaly AUROC per feature choice (kNN, k=3, normal memory = probe footage); "
+              "↑ = mean above the untrained floor's mean for the same feature:", "",
+              "| variant | " + " | ".join(feats) + " |", "|---|" + "---|" * len(feats)]
+    for v in variants:
+        rs = [r for r in results if r["variant"] == v]
+        cells = []
+        for f in feats:
+            s = _stat([_get(r, f"eval.anomaly.{f}.auroc") for r in rs])
+            fl = floor.get(f)
+            up = " ↑" if s and fl and v != "untrained" and s[0] > fl[0] else ""
+            cells.append(_fmt(s) + up)
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def load_results(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m train.ablation", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="working directory: footage, runs, results.jsonl")
+    ap.add_argument("--train-minutes", type=float, default=20.0)
+    ap.add_argument("--probe-minutes", type=float, default=5.0)
+    ap.add_argument("--test-minutes", type=float, default=5.0, help="street-anomalies minutes (plus 90 s scripted)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=sorted(
+        p.stem for p in CONFIGS.glob("*.yaml")))
+    ap.add_argument("--table-only", action="store_true", help="print the table of DIR/results.jsonl and stop")
+    args = ap.parse_args(argv)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.jsonl"
+    if args.table_only:
+        print(table(load_results(results_path)))
+        return 0
+
+    import torch
+
+    torch.set_num_threads(2)
+    from train.evaluate import evaluate
+
+    root = out / "footage"
+    t0 = time.time()
+    train = synth_set(root, f"train-{args.train_minutes:g}min", args.train_minutes, "street", 1000)
+    probe = synth_set(root, f"probe-{args.probe_minutes:g}min", args.probe_minutes, "street", 2000)
+    test = [*synth_set(root, f"test-{args.test_minutes:g}min", args.test_minutes, "street-anomalies", 3000),
+            scripted_test(root)]
+    print(f"ablation: footage ready ({time.time() - t0:.0f} s)", flush=True)
+    cache: dict[str, Any] = {}
+    setting = {"train_minutes": args.train_minutes, "probe_minutes": args.probe_minutes,
+               "test_minutes": args.test_minutes, "epochs": args.epochs}
+    for seed in args.seeds:  # seed-major: a run stopped early still has every variant for the first seeds
+        for variant in args.variants:
+            done = load_results(results_path)
+            if any(r["variant"] == variant and r["seed"] == seed and r["setting"] == setting for r in done):
+                print(f"ablation: {variant} seed {seed}: already in {results_path}", flush=True)
+                continue
+            run = out / "runs" / f"{variant}-e{args.epochs}-m{args.train_minutes:g}" / f"seed{seed}"
+            run.mkdir(parents=True, exist_ok=True)
+            train_args = ["train", *map(str, train), "--out", str(run), "--config", str(CONFIGS / f"{variant}.yaml"),
+                          "--seed", str(seed), "--no-progress", "--cache-dir", str(out / "cache")]
+            if not fixed_epochs(variant):
+                train_args += ["--epochs", str(args.epochs)]
+            t1 = time.time()
+            done_marker = run / "train.done"
+            if not done_marker.is_file():  # absent: never trained, or interrupted: train from scratch
+                shutil.rmtree(run)
+                run.mkdir(parents=True)
+                edgeav(*train_args, log=run / "train.out")
+                done_marker.write_text(" ".join(train_args) + "\n")
+            t2 = time.time()
+            metrics = evaluate(run, probe, test, threads=2, cache=cache)
+            t3 = time.time()
+            rec = {"variant": variant, "seed": seed, "setting": setting,
+                   "train": {**pair_summary(run), "seconds": round(t2 - t1, 1)},
+                   "eval_seconds": round(t3 - t2, 1), "eval": metrics}
+            with open(results_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            loc, an, se = metrics["localisation"], metrics["anomaly"]["embedding_joint"], metrics["search"]
+            print(f"ablation: {variant} seed {seed}: train {t2 - t1:.0f} s (best epoch "
+                  f"{rec['train'].get('best_epoch')}), eval {t3 - t2:.0f} s: segment accuracy "
+                  f"{loc['segment_accuracy']}, anomaly AUROC {an['auroc']}, P@10 {se['p_at_10']}", flush=True)
+    print(table([r for r in load_results(results_path) if r["setting"] == setting]))
+    print(f"ablation: done in {time.time() - t0:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
