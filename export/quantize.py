@@ -20,7 +20,12 @@ MIN_AGREEMENT = 0.99
 
 
 def quantize_model(src: str | Path, dst: str | Path) -> None:
-    """Write an int8 (dynamic, per-channel weights) copy of the ONNX model ``src`` to ``dst``."""
+    """Write an 8-bit (dynamic, per-channel weights) copy of the ONNX model ``src`` to ``dst``.
+
+    Weights are stored as unsigned 8-bit: onnxruntime's x86 ``ConvInteger`` kernel is fast only for
+    u8 weights (measured here: signed int8 weights made the encoders about 4x slower than fp32,
+    unsigned about 5% faster, both at cosine agreement >= 0.9998).
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # onnxruntime logs a "consider pre-processing" hint on the root logger; it is not actionable here.
@@ -28,7 +33,7 @@ def quantize_model(src: str | Path, dst: str | Path) -> None:
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QUInt8, per_channel=True)
     finally:
         root.setLevel(level)
 
