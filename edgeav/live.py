@@ -57,6 +57,7 @@ PacketListener = Callable[[Any], None]
 # Above the normal capture latency of both paths (RTSP over TCP: ~0.1-0.3 s; microphone: ~0.05 s).
 DEFAULT_DEADLINE_S = 1.0
 EXPIRE_EVERY_S = 0.1
+MAX_CAPTURE_BACKLOG = 128  # items between capture and the assembler (about 4 s of 25 fps video + audio)
 
 
 class _Capture:
@@ -65,8 +66,14 @@ class _Capture:
     def __init__(self, q: queue.SimpleQueue, listeners: list[PacketListener]) -> None:
         self.q = q
         self.listeners = listeners
+        self.frames_dropped = 0
 
     def video(self, t: float, frame: Any) -> None:
+        # Decoded frames are big (1.4 MB at 720p): if the assembler thread is starved, shed new frames
+        # here rather than let memory grow; audio blocks are small and always kept.
+        if self.q.qsize() >= MAX_CAPTURE_BACKLOG:
+            self.frames_dropped += 1
+            return
         self.q.put((VIDEO, t, frame))
 
     def audio(self, t0: float, samples: np.ndarray) -> None:
@@ -101,7 +108,7 @@ class LiveCamera:
         self.queue_windows = queue_windows
         self._listeners: list[PacketListener] = []
         self._captures: queue.SimpleQueue = queue.SimpleQueue()
-        capture = _Capture(self._captures, self._listeners)
+        capture = self._capture = _Capture(self._captures, self._listeners)
         av_offset_s = cam.av_offset_ms / 1000.0
         source = cam.audio.source
         self.has_audio = source != "none"
@@ -188,6 +195,7 @@ class LiveCamera:
             "audio_blocks": sources["audio"]["audio_blocks"] if "audio" in sources else 0,
             "windows": stats.windows,
             "windows_dropped": self.windows_dropped,
+            "frames_shed": self._capture.frames_dropped,   # the assembler thread could not keep up
             "windows_empty": self.windows_empty,
             "windows_video_only": self.windows_video_only,
             "missing_audio": stats.missing_audio,

@@ -140,3 +140,20 @@ def test_a_camera_down_for_long_logs_its_failure_once_not_every_retry(caplog):
     assert sum("timed out" in ln for ln in lines) == 1      # a new reason is news
     assert lines[-1].endswith("streaming (first frame)")
     assert len(s.transitions) == 43  # start + every change, kept for the health report (up to 50)
+
+
+def test_capture_sheds_new_frames_not_memory_when_the_assembler_is_starved():
+    import queue
+
+    from edgeav.live import MAX_CAPTURE_BACKLOG, _Capture
+
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    seen: list[object] = []
+    cap = _Capture(q, [seen.append, lambda p: 1 / 0])  # a broken listener must not break capture
+    for i in range(MAX_CAPTURE_BACKLOG + 10):
+        cap.video(float(i), object())
+        cap.packet(i)
+    cap.audio(0.0, np.zeros(320, np.float32))  # sound is small and always kept
+    assert cap.frames_dropped == 10
+    assert q.qsize() == MAX_CAPTURE_BACKLOG + 1
+    assert seen == list(range(MAX_CAPTURE_BACKLOG + 10))
