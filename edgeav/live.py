@@ -67,6 +67,7 @@ class _Capture:
         self.q = q
         self.listeners = listeners
         self.frames_dropped = 0
+        self._failed: set[int] = set()
 
     def video(self, t: float, frame: Any) -> None:
         # Decoded frames are big (1.4 MB at 720p): if the assembler thread is starved, shed new frames
@@ -83,8 +84,12 @@ class _Capture:
         for fn in self.listeners:
             try:
                 fn(packet)
-            except Exception:  # a listener's bug must not stop capture
-                log.exception("packet listener %r failed", fn)
+            except Exception:  # a listener's bug must not stop capture; say so once per listener
+                if id(fn) not in self._failed:
+                    self._failed.add(id(fn))
+                    log.exception("packet listener %r failed (further failures are logged at debug level)", fn)
+                else:
+                    log.debug("packet listener %r failed", fn, exc_info=True)
 
 
 class LiveCamera:
