@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgeav.labels import Labels, LabelledEvent
+from edgeav.labels import LabelledEvent, Labels
 from edgeav.scoring import combine, score_replay
 
 
