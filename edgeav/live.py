@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from edgeav.bundle import Bundle
-from edgeav.config import CameraConfig
+from edgeav.config import CameraConfig, mask_url
 from edgeav.decide import AnomalyParams, EventParams
 from edgeav.errors import UserError
 from edgeav.pipeline import CameraPipeline, Sink, frame_converter
@@ -108,7 +108,7 @@ class LiveCamera:
         self.name = cam.name
         self.spec = bundle.window_spec
         self.pipeline = CameraPipeline(cam.name, bundle, sinks, events=events, anomaly=anomaly, wall_origin=0.0,
-                                       source_id=cam.video.url, **pipeline_kw)
+                                       source_id=mask_url(cam.video.url), **pipeline_kw)  # no passwords in records
         self.deadline_s = deadline_s
         self.queue_windows = queue_windows
         self._listeners: list[PacketListener] = []
@@ -166,7 +166,7 @@ class LiveCamera:
         deadline = time.monotonic() + timeout_s
         for src in self._sources():
             src.stop()
-        ok = all(src.join(max(0.0, deadline - time.monotonic())) for src in self._sources())
+        ok = all([src.join(max(0.0, deadline - time.monotonic())) for src in self._sources()])  # join each
         self._stop.set()
         with self._cond:
             self._cond.notify_all()

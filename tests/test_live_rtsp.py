@@ -8,6 +8,8 @@ counted, while capture keeps up; only the streams asked for are requested.
 from __future__ import annotations
 
 import itertools
+import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -80,10 +82,12 @@ def synth_footage(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return p
 
 
-def test_windows_cover_the_stream_and_the_camera_survives_a_server_restart(toy_bundle, synth_footage):
+def test_windows_cover_the_stream_and_the_camera_survives_a_server_restart(toy_bundle, synth_footage, caplog):
+    caplog.set_level(logging.DEBUG)
     sink = Collect()
     server = RtspServer(synth_footage).start()
-    live = LiveCamera(camera(server.url, {"source": "camera"}), toy_bundle, [sink])
+    url = server.url.replace("rtsp://", "rtsp://admin:s3cret-pw@")  # credentials, as cameras want them
+    live = LiveCamera(camera(url, {"source": "camera"}), toy_bundle, [sink])
     packets: list[str] = []
     live.add_packet_listener(lambda p: packets.append(p.stream.type))
     live.start()
@@ -131,6 +135,9 @@ def test_windows_cover_the_stream_and_the_camera_survives_a_server_restart(toy_b
         assert live.stop(10.0)
         server.kill()
     assert not live.progressing(60.0)  # stopped is not progressing
+    # Errors and states were reported (connection refused while the server was down) without the password.
+    assert "cannot open rtsp://***@127.0.0.1" in json.dumps(live.health()) + caplog.text
+    assert "s3cret-pw" not in json.dumps(live.health()) + caplog.text + json.dumps(sink.snapshot())
 
 
 def test_a_slow_consumer_drops_the_oldest_windows_and_capture_keeps_up(toy_bundle, synth_footage):
