@@ -266,3 +266,21 @@ def test_cli_events_file_places_exactly_those_events_with_their_parameters(tmp_p
     # The red car while it crosses (the tree may hide it for a moment) adds far more red than the
     # background's awnings and signs ever show under the changing light.
     assert np.median(inside) >= max(outside) + 50, red
+
+
+def test_recordings_of_one_site_share_the_scene(tmp_path):
+    """--site fixes the place: two seeds of one site differ only in what happens, another site looks different."""
+    import av as _av
+
+    from edgeav.synth import synthesize as _synth
+
+    def first_frame(name: str, seed: int, site: int | None) -> np.ndarray:
+        path = tmp_path / f"{name}.mp4"
+        _synth(path, seconds=1, seed=seed, site=site, width=160, height=90, events=[])
+        with _av.open(str(path)) as c:
+            return next(c.decode(video=0)).to_ndarray(format="rgb24").astype(np.float32)
+
+    a, b, other = first_frame("a", 1, 7), first_frame("b", 2, 7), first_frame("c", 1, 8)
+    same_site = np.abs(a - b).mean()
+    other_site = np.abs(a - other).mean()
+    assert same_site < 0.25 * other_site, (same_site, other_site)

@@ -23,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("out", metavar="OUT.mp4", type=Path, help="the footage to write")
     p.add_argument("--seconds", type=float, default=60.0, help="duration in seconds (default 60)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--site", type=int, default=None,
+                   help="seed of the place itself (buildings, colours, light; default: --seed): recordings of one "
+                        "site share a scene")
     p.add_argument("--profile", default="street",
                    help=f"scene profile: {', '.join(PROFILES)} (default street; street-anomalies adds rare anomalies)")
     p.add_argument("--width", type=int, default=640, help="frame width in pixels, even (default 640)")
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         labels = synthesize(args.out, seconds=args.seconds, seed=args.seed, profile=args.profile, width=args.width,
                             height=args.height, fps=args.fps, sample_rate=args.sample_rate, events=events,
-                            progress=progress)
+                            progress=progress, site=args.site)
     except UserError as exc:
         if args.events is not None and str(exc).startswith("events"):
             raise UserError(f"{args.events}: {exc}") from None  # name the file the bad entry is in

@@ -66,14 +66,20 @@ def _sidecar(labels: Labels, timeline: list[Event], **meta: Any) -> dict:
 def synthesize(out_path: str | os.PathLike[str], *, seconds: float, seed: int, profile: str = "street",
                width: int = 640, height: int = 360, fps: float = 15.0, sample_rate: int = 16000,
                events: list[dict] | None = None,
-               progress: Callable[[float], None] | None = None) -> Labels:
+               progress: Callable[[float], None] | None = None, site: int | None = None) -> Labels:
     """Render a street scene to ``out_path`` (MP4: H.264 + AAC) and its labels sidecar; return the labels.
 
     ``events`` scripts the timeline exactly (no random events; the ambient scene still runs).
     The same arguments always give byte-identical files. ``progress`` is called with the
-    fraction done after each second of footage.
+    fraction done after each second of footage. ``site`` (default: ``seed``) seeds the place itself —
+    buildings, colours, occluders, light — so several recordings (seeds) of one site share a scene, as a
+    fixed camera's days do: calibrate on some, test on another.
     """
     rate = _check_args(seconds, seed, width, height, fps, sample_rate)
+    if site is None:
+        site = seed
+    elif not isinstance(site, int) or isinstance(site, bool) or not 0 <= site < 2**32:
+        raise UserError(f"site: {site!r} is not allowed (an integer from 0 to {2**32 - 1})")
     prof = get_profile(profile)
     out = Path(out_path)
     if out.suffix.lower() != ".mp4":
@@ -85,7 +91,7 @@ def synthesize(out_path: str | os.PathLike[str], *, seconds: float, seed: int, p
     timeline = (scripted_timeline(events, seed=seed, seconds=seconds) if events is not None
                 else random_timeline(prof, seed=seed, seconds=seconds))
 
-    scene = Scene(width, height, seed, prof, wind_gusts(prof, seed, seconds))
+    scene = Scene(width, height, site, prof, wind_gusts(prof, seed, seconds))
     visuals: list[Visual] = []
     for ev in timeline:
         visuals += visuals_for(ev, width, height, bark_env=_bark_env(ev) if ev.kind == "dog" else None,
@@ -119,7 +125,7 @@ def synthesize(out_path: str | os.PathLike[str], *, seconds: float, seed: int, p
             writer.write_audio(sound.render_chunk(next_chunk), next_chunk * sound.chunk)
             next_chunk += 1
         labels = Labels(footage=out.name, duration=float(seconds), events=tuple(e.label() for e in timeline))
-        side_tmp.write_text(json.dumps(_sidecar(labels, timeline, seed=seed, profile=profile, width=width,
+        side_tmp.write_text(json.dumps(_sidecar(labels, timeline, seed=seed, site=site, profile=profile, width=width,
                                                 height=height, fps=fps, sample_rate=sample_rate), indent=1) + "\n")
         writer.close()
         os.replace(side_tmp, side)
