@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from edgeav.bundle import Bundle, load_bundle
+from edgeav.config import CameraConfig
 from edgeav.live import LiveCamera
 from tests.rtsp_server import RtspServer, server_available
 from tests.test_bundle import make_toy_bundle
@@ -31,13 +32,15 @@ FLASH_AT = 5.0  # after the first RTCP sender report (1 to 2 s in), when frames 
 
 @pytest.fixture(scope="module")
 def flash_footage(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """30 s of black with a white flash from FLASH_AT for 0.2 s (frame-exact at 15 fps); silent audio."""
+    """30 s of black with a white flash from FLASH_AT for 0.2 s (frame-exact at 15 fps), and in the
+    camera's own audio track a 10 ms beep at the same instant (the microphone tests do not use it)."""
     p = tmp_path_factory.mktemp("mic") / "flash.mp4"
     subprocess.run(
         ["timeout", "60", "ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
          f"color=c=black:s=320x180:r=15,drawbox=x=0:y=0:w=iw:h=ih:color=white:t=fill:"
          f"enable='between(t,{FLASH_AT},{FLASH_AT + 0.2})'",
-         "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", "30", "-c:v", "libx264", "-g", "15",
+         "-f", "lavfi", "-i", f"aevalsrc='if(between(t,{FLASH_AT},{FLASH_AT + 0.01}),0.9*sin(2*PI*1000*t),0)':s=16000",
+         "-t", "30", "-c:v", "libx264", "-g", "15",
          "-pix_fmt", "yuv420p", "-c:a", "aac", str(p)], check=True)
     return p
 
@@ -144,3 +147,23 @@ def test_microphone_chosen_by_name_or_index(virtual_mic):
     assert resolve_device(index)[1]["name"] == "pulse"
     with pytest.raises(LookupError, match=r"no input device 'usb mic' \(inputs: .*pulse"):
         resolve_device("usb mic")
+
+
+def test_av_offset_from_the_config_moves_the_audio(toy_bundle, flash_footage):
+    """Two cameras on the same stream (its own audio track), one configured with av_offset_ms: 300."""
+    with RtspServer(flash_footage) as server:
+        plain = LiveCamera(camera(server.url, {"source": "camera"}), toy_bundle, [Collect()])
+        shifted_cfg = CameraConfig.model_validate({"name": "gate2", "video": {"url": server.url},
+                                                   "audio": {"source": "camera"}, "av_offset_ms": 300})
+        shifted = LiveCamera(shifted_cfg, toy_bundle, [Collect()])
+        plain.start()
+        shifted.start()
+        try:
+            assert wait_for(lambda: plain.health()["skew_pairs"] >= 1 and shifted.health()["skew_pairs"] >= 1,
+                            15.0), (plain.health(), shifted.health())
+            a, b = plain.health()["skew_ms"], shifted.health()["skew_ms"]
+        finally:
+            assert plain.stop(10.0) and shifted.stop(10.0)
+    print(f"camera audio skew {a} ms; with av_offset_ms 300: {b} ms")
+    assert abs(a) <= 100.0
+    assert b == pytest.approx(a - 300.0, abs=5.0)  # audio captured 300 ms late is moved 300 ms earlier

@@ -106,7 +106,19 @@ def test_skew_meter_pairs_a_flash_with_a_bang():
         m.video(t0 + k / 20, 200.0 if 30 <= k <= 32 else 20.0)
     rep = m.report()
     assert rep["skew_pairs"] == 1
-    assert rep["skew_ms"] == pytest.approx(30.0, abs=1.0)
+    assert rep["skew_ms"] == pytest.approx(30.0, abs=0.2)
+
+
+def test_skew_meter_finds_a_bang_that_starts_at_the_end_of_an_analysis_frame():
+    sr = 16000
+    m = SkewMeter(sr)
+    audio = np.zeros(2 * sr, np.float32)
+    bang = sr + 140  # 20 samples before the end of a 10 ms frame: too little there to trip the RMS test
+    audio[bang:bang + 400] = 0.1
+    m.audio(50.0, audio)
+    m.video(51.0, 10.0)
+    m.video(51.0 + bang / sr - 1.0 + 0.0001, 250.0)
+    assert m.report()["skew_ms"] == pytest.approx(-0.1, abs=0.05)
 
 
 def test_live_camera_refuses_a_file_source(tmp_path):

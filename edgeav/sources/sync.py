@@ -47,6 +47,8 @@ class SkewMeter:
         self._bg: deque[float] = deque(maxlen=100)      # recent RMS of 10 ms frames (1 s)
         self._tail = np.zeros(0, np.float32)
         self._tail_t = 0.0
+        self._prev_seg = np.zeros(0, np.float32)
+        self._prev_seg_t = -np.inf
 
     def video(self, t: float, luma: float) -> None:
         prev, self._prev_luma = self._prev_luma, luma
@@ -67,11 +69,16 @@ class SkewMeter:
             t = t0 + i * self.hop / self.sr
             if (bg is not None and rms >= AUDIO_ONSET_RMS and rms >= AUDIO_ONSET_RATIO * (bg + 1e-4)
                     and t - self._last_audio_onset > REFRACTORY_S):
-                first = int(np.argmax(np.abs(seg) >= 0.5 * np.abs(seg).max()))
+                # The sound may have started late in the previous 10 ms frame, too weak there to trip the
+                # RMS test: look back one frame for its first sample at half this frame's peak.
+                back = self._prev_seg if abs(self._prev_seg_t + len(self._prev_seg) / self.sr - t) < 1e-3 else seg[:0]
+                span = np.concatenate([back, seg])
+                first = int(np.argmax(np.abs(span) >= 0.5 * np.abs(seg).max())) - len(back)
                 onset = t + first / self.sr
                 self._last_audio_onset = onset
                 self._onset(onset, self._audio, self._video, video=False)
             self._bg.append(rms)
+            self._prev_seg, self._prev_seg_t = seg, t
         self._tail = x[n * self.hop:]
         self._tail_t = t0 + n * self.hop / self.sr
 
