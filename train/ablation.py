@@ -100,12 +100,27 @@ def pair_summary(run: Path) -> dict[str, Any]:
         out["pairs"] = {k[len("pairs_"):]: last[k] for k in ("pairs_precision", "pairs_chance", "pairs_per_anchor_mean",
                                                               "pairs_share_with_any", "pairs_pairs") if k in last}
         out["pairs"]["mined_after_epoch"] = last["epoch"]
+    every = [r for r in epochs if "pairs_per_anchor_mean" in r]
+    if every:  # the whole run's minings, also those after the evaluated checkpoint: how the pairs evolved
+        out["pairs_by_epoch"] = {str(r["epoch"]): {k[len("pairs_"):]: r.get(k) for k in (
+            "pairs_precision", "pairs_chance", "pairs_per_anchor_mean")} for r in every}
     return out
 
 
+def _train_section(variant: str) -> dict[str, Any]:
+    path = CONFIGS / f"{variant}.yaml"
+    cfg = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    return dict(cfg.get("train") or {})
+
+
 def fixed_epochs(variant: str) -> bool:
-    cfg = yaml.safe_load((CONFIGS / f"{variant}.yaml").read_text()) or {}
-    return "epochs" in (cfg.get("train") or {})
+    """The config fixes its epochs (the untrained floor): ``--epochs`` does not apply."""
+    return "epochs" in _train_section(variant)
+
+
+def mines(variant: str) -> bool:
+    """The variant adds positives beyond the temporal ones (EPG or the random-partner control)."""
+    return _train_section(variant).get("pairs", "temporal") != "temporal" and not fixed_epochs(variant)
 
 
 # ---------------------------------------------------------------------------------------------- table
@@ -145,8 +160,8 @@ def table(results: list[dict[str, Any]]) -> str:
     variants = [v for v in VARIANTS if any(r["variant"] == v for r in results)]
     variants += sorted({r["variant"] for r in results} - set(variants))
     lines = ["| variant | seeds | best epoch | " + " | ".join(c for c, _ in COLUMNS)
-             + " | pair precision (chance) | pairs / anchor |",
-             "|---|---|---|" + "---|" * len(COLUMNS) + "---|---|"]
+             + " | minings used | pair precision (chance) | pairs / anchor |",
+             "|---|---|---|" + "---|" * len(COLUMNS) + "---|---|---|"]
     for v in variants:
         rs = [r for r in results if r["variant"] == v]
         cells = [_fmt(_stat([_get(r, p) for r in rs])) for _, p in COLUMNS]
@@ -155,7 +170,8 @@ def table(results: list[dict[str, Any]]) -> str:
         per = _stat([_get(r, "train.pairs.per_anchor_mean") for r in rs])
         pp = f"{_fmt(prec)} ({_fmt(chance)})" if prec else "–"
         be = _fmt(_stat([_get(r, "train.best_epoch") for r in rs]), 1)
-        lines.append(f"| {v} | {len(rs)} | {be} | " + " | ".join(cells) + f" | {pp} | {_fmt(per, 2)} |")
+        mu = _fmt(_stat([_get(r, "train.minings_used") for r in rs]), 1) if mines(v) else "–"
+        lines.append(f"| {v} | {len(rs)} | {be} | " + " | ".join(cells) + f" | {mu} | {pp} | {_fmt(per, 2)} |")
     feats = sorted({f for r in results for f in r["eval"]["anomaly"]},
                    key=lambda f: (not f.startswith("embedding"), f))
     floor = {f: _stat([_get(r, f"eval.anomaly.{f}.auroc") for r in results if r["variant"] == "untrained"])
