@@ -33,6 +33,8 @@ class Augmenter:
         if cfg.enabled:
             if cfg.hflip > 0:
                 self.video_hooks.append(self._hflip)
+            if cfg.shift > 0:
+                self.video_hooks.append(self._shift)
             if cfg.brightness > 0 or cfg.contrast > 0:
                 self.video_hooks.append(self._photometric)
             if cfg.audio_gain_db > 0:
@@ -42,6 +44,17 @@ class Augmenter:
 
     def _hflip(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return frames[:, :, ::-1] if rng.random() < self.cfg.hflip else frames
+
+    def _shift(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Translate the whole window by up to ``shift`` of its size (edges repeated): a camera that moved a little."""
+        _, h, w, _ = frames.shape
+        dy = int(round(rng.uniform(-self.cfg.shift, self.cfg.shift) * h))
+        dx = int(round(rng.uniform(-self.cfg.shift, self.cfg.shift) * w))
+        if dx == 0 and dy == 0:
+            return frames
+        ys = np.clip(np.arange(h) - dy, 0, h - 1)
+        xs = np.clip(np.arange(w) - dx, 0, w - 1)
+        return frames[:, ys][:, :, xs]
 
     def _photometric(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         b = rng.uniform(-self.cfg.brightness, self.cfg.brightness) * 255.0

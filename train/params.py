@@ -62,7 +62,7 @@ class AudioCfg(_Strict):
 class VideoCfg(_Strict):
     channels: list[int] = Field(default_factory=lambda: [24, 48, 96, 128])
     blocks: list[int] = Field(default_factory=lambda: [0, 1, 1, 1])
-    grid_channels: int = Field(16, ge=1)  # channels kept per cell of the final grid (position information)
+    grid_channels: int = Field(8, ge=1)  # channels kept per cell of the final grid (position information)
     motion_gain: float = Field(4.0, ge=0)  # weight of the frame-minus-window-mean channels (0: none)
 
     @model_validator(mode="after")
@@ -96,7 +96,7 @@ class ModelCfg(_Strict):
 
 class OptimCfg(_Strict):
     lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.05, ge=0)
+    weight_decay: float = Field(0.2, ge=0)
     batch_size: int = Field(64, ge=2)
     warmup_steps: int = Field(20, ge=0)
     min_lr_ratio: float = Field(0.05, ge=0, le=1)
@@ -113,6 +113,7 @@ class DataCfg(_Strict):
 class AugmentCfg(_Strict):
     enabled: bool = True
     hflip: float = Field(0.5, ge=0, le=1)
+    shift: float = Field(0.08, ge=0, le=0.5)  # random translation, fraction of the frame size
     brightness: float = Field(0.15, ge=0, le=1)
     contrast: float = Field(0.15, ge=0, le=1)
     audio_gain_db: float = Field(4.0, ge=0)
