@@ -14,17 +14,21 @@ no video stream, no audio stream, truncated), so the CLI prints one line and exi
 from __future__ import annotations
 
 import glob
+import heapq
 import os
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 import av.error
 import numpy as np
 
 from edgeav.errors import UserError
-from edgeav.preprocess import AUDIO_SAMPLE_RATE, WindowSpec, nearest_frame_indices, prepare_frame_i420
+from edgeav.preprocess import AUDIO_SAMPLE_RATE, WindowSpec, prepare_frame_i420
+from edgeav.windows import WindowAssembler  # the runtime's own window cutting: one code path
 
 # Container extensions a directory argument contributes (case-insensitive). WAVs are audio companions.
 FOOTAGE_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".flv", ".mpg",
@@ -305,49 +309,38 @@ def decode_audio(path: str | os.PathLike[str], sample_rate: int = AUDIO_SAMPLE_R
 # ------------------------------------------------------------------------------------------------ windows
 
 
-def _sample_frames(path: Path, wanted: np.ndarray, spec: WindowSpec) -> tuple[np.ndarray, float, int]:
-    """Frames nearest to the sorted times ``wanted``: ``(uint8 [len(wanted), H, W, 3], video end, frames)``.
+def iter_av(path: str | os.PathLike[str], sample_rate: int = AUDIO_SAMPLE_RATE, info: MediaInfo | None = None,
+            av_offset_s: float = 0.0, clock: Callable[[float], None] | None = None
+            ) -> Iterator[tuple[str, float, Any]]:
+    """A file's video frames and audio blocks merged in time order, on the file's own clock.
 
-    Streams through the file once, keeping only the previous frame: each wanted time is settled by
-    :func:`nearest_frame_indices` between the two frames around it, and only picked frames are converted.
+    Yields ``("video", t, av.VideoFrame)`` and ``("audio", t0, float32 samples)``. Video-only footage
+    (``info.has_audio`` false) yields frames only. ``av_offset_s`` is the per-source correction from the
+    config: audio captured ``av_offset_s`` late is moved earlier by that much. ``clock(seconds)`` is told
+    the time spent decoding (the floor of replay).
     """
-    out = np.zeros((len(wanted), spec.frame_height, spec.frame_width, 3), dtype=np.uint8)
-    j = 0
-    prev: tuple[float, av.VideoFrame] | None = None
-    converted: dict[int, np.ndarray] = {}  # frame number -> RGB; a frame may serve several windows
-    count = 0
-    last_t = 0.0
-    dt = 0.0
+    info = info or probe(path, require_audio=False)
 
-    def rgb(num: int, frame: av.VideoFrame) -> np.ndarray:
-        if num not in converted:
-            converted.clear()  # frames come in order: older conversions are never needed again
-            converted[num] = prepare_frame_i420(frame.to_ndarray(format="yuv420p"), spec.frame_width,
-                                                spec.frame_height)
-        return converted[num]
+    def timed(it: Iterator[tuple[float, Any]], kind: str, shift: float) -> Iterator[tuple[float, str, Any]]:
+        while True:
+            t0 = time.perf_counter()
+            try:
+                t, item = next(it)
+            except StopIteration:
+                return
+            finally:
+                if clock is not None:
+                    clock(time.perf_counter() - t0)
+            yield t - shift, kind, item
 
-    for t, frame in iter_video_frames(path):
-        if prev is not None:
-            dt = t - prev[0]
-        while j < len(wanted) and wanted[j] <= t:
-            if prev is None:
-                out[j] = rgb(count, frame)
-            else:
-                pick = int(nearest_frame_indices(np.array([prev[0], t]), wanted[j: j + 1])[0])
-                out[j] = rgb(count - 1, prev[1]) if pick == 0 else rgb(count, frame)
-            j += 1
-        prev = (t, frame)
-        last_t = t
-        count += 1
-        if j >= len(wanted):
-            break
-    if count == 0:
-        raise UserError(f"{path}: unreadable: no video frame could be decoded")
-    assert prev is not None
-    while j < len(wanted):  # past the last frame: the last frame is the nearest
-        out[j] = rgb(count - 1, prev[1])
-        j += 1
-    return out, last_t + dt, count
+    video = timed(iter_video_frames(path), "video", 0.0)
+    if not info.has_audio:
+        for t, kind, item in video:
+            yield kind, t, item
+        return
+    audio = timed(iter_audio_blocks(path, sample_rate, info.audio_path), "audio", av_offset_s)
+    for t, kind, item in heapq.merge(video, audio, key=lambda x: x[0]):
+        yield kind, t, item
 
 
 def check_decoded_length(info: MediaInfo, video_end: float, audio_end: float | None) -> None:
@@ -371,26 +364,22 @@ def footage_windows(path: str | os.PathLike[str], spec: WindowSpec | None = None
     spec = spec or WindowSpec()
     p = Path(path)
     info = info or probe(p)
-    audio = decode_audio(p, spec.sample_rate, info.audio_path)
-    audio_end = len(audio) / spec.sample_rate
-    if len(audio) == 0:
+    asm = WindowAssembler(spec, lambda f: prepare_frame_i420(f.to_ndarray(format="yuv420p"), spec.frame_width,
+                                                            spec.frame_height))
+    windows = []
+    for kind, t, item in iter_av(p, spec.sample_rate, info):
+        windows += asm.add_video_frame(t, item) if kind == "video" else asm.add_audio(t, item)
+    if not np.isfinite(asm.audio_end):
         raise UserError(f"{info.audio_path}: unreadable: no audio could be decoded")
-    # Frames are wanted up to the audio's end; whether video reaches that far is checked after decoding.
-    t_candidates = spec.window_starts(min(audio_end, info.duration) if np.isfinite(info.duration) else audio_end)
-    wanted_all = np.concatenate([spec.frame_times(t) for t in t_candidates]) if len(t_candidates) else np.zeros(0)
-    uniq, inverse = np.unique(wanted_all, return_inverse=True)
-    picked, video_end, _ = _sample_frames(p, uniq, spec)
     if check_truncation:
-        check_decoded_length(info, video_end, audio_end)
-    duration = min(video_end, audio_end)
-    n = len(spec.window_starts(duration))
-    t_starts = t_candidates[:n]
-    f = spec.frames_per_window
-    frames = picked[inverse[: n * f]].reshape(n, f, spec.frame_height, spec.frame_width, 3)
-    s = spec.samples_per_window
-    idx = np.round(t_starts * spec.sample_rate).astype(np.int64)
-    win_audio = np.zeros((n, s), dtype=np.float32)
-    for i, a0 in enumerate(idx):
-        chunk = audio[a0: a0 + s]
-        win_audio[i, : len(chunk)] = chunk
+        check_decoded_length(info, asm.video_end, asm.audio_end)
+    windows += asm.finish()
+    duration = min(asm.video_end, asm.audio_end)
+    # Whole windows that both modalities cover.
+    keep = [w for w in windows if not w.missing and w.t_end <= duration + 1e-6]
+    n, f, s = len(keep), spec.frames_per_window, spec.samples_per_window
+    t_starts = np.array([w.t_start for w in keep], dtype=np.float64)
+    frames = (np.stack([w.frames for w in keep]) if n
+              else np.zeros((0, f, spec.frame_height, spec.frame_width, 3), np.uint8))
+    win_audio = np.stack([w.audio for w in keep]) if n else np.zeros((0, s), np.float32)
     return FootageWindows(t_starts=t_starts, frames=frames, audio=win_audio, duration=duration)

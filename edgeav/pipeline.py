@@ -10,9 +10,8 @@ oldest windows and counts them (see :class:`CameraPipeline.submit`).
 
 from __future__ import annotations
 
-import heapq
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -235,40 +234,6 @@ class _IndexRecords:
 
 # ------------------------------------------------------------------------------------------- file source
 
-def file_items(path: str | Path, spec: WindowSpec, av_offset_s: float = 0.0,
-               stats: PipelineStats | None = None) -> Iterator[tuple[str, float, Any]]:
-    """A file's video frames and audio blocks merged in time order, on the file's own clock.
-
-    ``av_offset_s`` is the per-source correction from the config: audio captured ``av_offset_s``
-    late is moved earlier by that much. Decode time is measured here (the floor of replay).
-    """
-    from edgeav import media
-
-    info = media.probe(path, require_audio=False)
-
-    def timed(it: Iterator[tuple[float, Any]], kind: str, shift: float) -> Iterator[tuple[float, str, Any]]:
-        while True:
-            t0 = time.perf_counter()
-            try:
-                t, item = next(it)
-            except StopIteration:
-                if stats is not None:
-                    stats.times.decode += time.perf_counter() - t0
-                return
-            if stats is not None:
-                stats.times.decode += time.perf_counter() - t0
-            yield t - shift, kind, item
-
-    video = timed(media.iter_video_frames(path), VIDEO, 0.0)
-    if not info.has_audio:  # degraded mode: video-only windows, flagged as missing audio
-        for t, kind, item in video:
-            yield kind, t, item
-        return
-    audio = timed(media.iter_audio_blocks(path, spec.sample_rate, info.audio_path), AUDIO, av_offset_s)
-    for t, kind, item in heapq.merge(video, audio, key=lambda x: x[0]):
-        yield kind, t, item
-
-
 def run_file(path: str | Path, pipeline: CameraPipeline, av_offset_s: float = 0.0,
              progress: Callable[[float], None] | None = None) -> PipelineStats:
     """Replay one file through ``pipeline``: every window, none dropped, in order."""
@@ -280,7 +245,10 @@ def run_file(path: str | Path, pipeline: CameraPipeline, av_offset_s: float = 0.
     info = media.probe(path, require_audio=False)
     if not info.has_audio:
         asm.end_audio()
-    for kind, t, item in file_items(path, spec, av_offset_s, stats):
+    def clock(seconds: float) -> None:
+        stats.times.decode += seconds
+
+    for kind, t, item in media.iter_av(path, spec.sample_rate, info, av_offset_s, clock):
         got = asm.add_video_frame(t, item) if kind == VIDEO else asm.add_audio(t, item)
         if got:
             pipeline.submit(got)
