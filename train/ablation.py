@@ -113,6 +113,24 @@ def _train_section(variant: str) -> dict[str, Any]:
     return dict(cfg.get("train") or {})
 
 
+def frozen_config(out: Path, variant: str) -> Path:
+    """The variant's full training config, resolved once per ablation directory and reused by every run.
+
+    Every run of one ablation must train the same model under the same defaults even when
+    ``configs/train.default.yaml`` changes while it runs (hours, on a shared checkout): the variant's
+    file is merged over the defaults of the first call and written out whole.
+    """
+    from train.params import load_config
+
+    path = out / "configs" / f"{variant}.yaml"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cfg = load_config(CONFIGS / f"{variant}.yaml").model_dump(mode="json")
+        path.write_text(f"# {variant}: configs/ablation/{variant}.yaml over the defaults of the first call\n"
+                        + yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
 def fixed_epochs(variant: str) -> bool:
     """The config fixes its epochs (the untrained floor): ``--epochs`` does not apply."""
     return "epochs" in _train_section(variant)
@@ -243,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             run = out / "runs" / f"{variant}-e{args.epochs}-m{args.train_minutes:g}" / f"seed{seed}"
             run.mkdir(parents=True, exist_ok=True)
-            train_args = ["train", *map(str, train), "--out", str(run), "--config", str(CONFIGS / f"{variant}.yaml"),
+            train_args = ["train", *map(str, train), "--out", str(run), "--config", str(frozen_config(out, variant)),
                           "--seed", str(seed), "--no-progress", "--cache-dir", str(out / "cache")]
             if not fixed_epochs(variant):
                 train_args += ["--epochs", str(args.epochs)]
@@ -258,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics = evaluate(run, probe, test, threads=2, cache=cache)
             t3 = time.time()
             rec = {"variant": variant, "seed": seed, "setting": setting,
+                   "config": yaml.safe_load((run / "config.yaml").read_text()),
                    "train": {**pair_summary(run), "seconds": round(t2 - t1, 1)},
                    "eval_seconds": round(t3 - t2, 1), "eval": metrics}
             with open(results_path, "a") as f:
