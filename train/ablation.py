@@ -83,17 +83,19 @@ def scripted_test(root: Path) -> Path:
     return path
 
 
-def pair_summary(run: Path) -> dict[str, Any]:
-    """From the run's log: the epoch evaluated (best), and the last mining that shaped it."""
+def pair_summary(run: Path, use_best: bool) -> dict[str, Any]:
+    """From the run's log: the epoch evaluated (best or last), and the last mining that shaped it."""
     records = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines() if line.strip()]
     epochs = [r for r in records if r.get("event") == "epoch"]
     if not epochs:
-        return {"epochs_run": 0, "best_epoch": 0}
+        return {"epochs_run": 0, "best_epoch": 0, "evaluated_epoch": 0}
     best = max(epochs, key=lambda r: (r.get("val_r1_a2v", -1.0), -r["epoch"]))
+    evaluated = best if use_best else epochs[-1]
     out: dict[str, Any] = {"epochs_run": epochs[-1]["epoch"], "best_epoch": best["epoch"],
-                           "best_val_r1_a2v": best.get("val_r1_a2v")}
-    # pairs mined at the end of epoch e are used from epoch e + 1: those the best checkpoint trained on
-    mined = [r for r in epochs if "pairs_per_anchor_mean" in r and r["epoch"] < best["epoch"]]
+                           "best_val_r1_a2v": best.get("val_r1_a2v"), "evaluated_epoch": evaluated["epoch"],
+                           "evaluated_val_r1_a2v": evaluated.get("val_r1_a2v")}
+    # pairs mined at the end of epoch e are used from epoch e + 1: those the evaluated checkpoint trained on
+    mined = [r for r in epochs if "pairs_per_anchor_mean" in r and r["epoch"] < evaluated["epoch"]]
     out["minings_used"] = len(mined)
     if mined:
         last = mined[-1]
@@ -134,6 +136,13 @@ def frozen_config(out: Path, variant: str) -> Path:
 def fixed_epochs(variant: str) -> bool:
     """The config fixes its epochs (the untrained floor): ``--epochs`` does not apply."""
     return "epochs" in _train_section(variant)
+
+
+def early_stopped(variant: str) -> bool:
+    """Early-stopped variants are evaluated at their best held-out epoch (``best.pt``), the others at
+    their last (``last.pt``): the mined pairs only act after the warm-up, so a checkpoint chosen before
+    them would measure the warm-up, not the method."""
+    return int(_train_section(variant).get("early_stopping_patience", 0)) > 0
 
 
 def mines(variant: str) -> bool:
@@ -177,7 +186,7 @@ def table(results: list[dict[str, Any]]) -> str:
     """Markdown: one row per variant (mean ± sample std over seeds), then anomaly AUROC per feature choice."""
     variants = [v for v in VARIANTS if any(r["variant"] == v for r in results)]
     variants += sorted({r["variant"] for r in results} - set(variants))
-    lines = ["| variant | seeds | best epoch | " + " | ".join(c for c, _ in COLUMNS)
+    lines = ["| variant | seeds | evaluated epoch | " + " | ".join(c for c, _ in COLUMNS)
              + " | minings used | pair precision (chance) | pairs / anchor |",
              "|---|---|---|" + "---|" * len(COLUMNS) + "---|---|---|"]
     for v in variants:
@@ -187,7 +196,7 @@ def table(results: list[dict[str, Any]]) -> str:
         chance = _stat([_get(r, "train.pairs.chance") for r in rs])
         per = _stat([_get(r, "train.pairs.per_anchor_mean") for r in rs])
         pp = f"{_fmt(prec)} ({_fmt(chance)})" if prec else "–"
-        be = _fmt(_stat([_get(r, "train.best_epoch") for r in rs]), 1)
+        be = _fmt(_stat([_get(r, "train.evaluated_epoch") or _get(r, "train.best_epoch") for r in rs]), 1)
         mu = _fmt(_stat([_get(r, "train.minings_used") for r in rs]), 1) if mines(v) else "–"
         lines.append(f"| {v} | {len(rs)} | {be} | " + " | ".join(cells) + f" | {mu} | {pp} | {_fmt(per, 2)} |")
     feats = sorted({f for r in results for f in r["eval"]["anomaly"]},
@@ -273,17 +282,18 @@ def main(argv: list[str] | None = None) -> int:
                 edgeav(*train_args, log=run / "train.out")
                 done_marker.write_text(" ".join(train_args) + "\n")
             t2 = time.time()
-            metrics = evaluate(run, probe, test, threads=2, cache=cache)
+            use_best = early_stopped(variant) and (run / "best.pt").is_file()
+            metrics = evaluate(run / ("best.pt" if use_best else "last.pt"), probe, test, threads=2, cache=cache)
             t3 = time.time()
             rec = {"variant": variant, "seed": seed, "setting": setting,
                    "config": yaml.safe_load((run / "config.yaml").read_text()),
-                   "train": {**pair_summary(run), "seconds": round(t2 - t1, 1)},
+                   "train": {**pair_summary(run, use_best), "seconds": round(t2 - t1, 1)},
                    "eval_seconds": round(t3 - t2, 1), "eval": metrics}
             with open(results_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
             loc, an, se = metrics["localisation"], metrics["anomaly"]["embedding_joint"], metrics["search"]
-            print(f"ablation: {variant} seed {seed}: train {t2 - t1:.0f} s (best epoch "
-                  f"{rec['train'].get('best_epoch')}), eval {t3 - t2:.0f} s: segment accuracy "
+            print(f"ablation: {variant} seed {seed}: train {t2 - t1:.0f} s (evaluated epoch "
+                  f"{rec['train'].get('evaluated_epoch')}), eval {t3 - t2:.0f} s: segment accuracy "
                   f"{loc['segment_accuracy']}, anomaly AUROC {an['auroc']}, P@10 {se['p_at_10']}", flush=True)
     print(table([r for r in load_results(results_path) if r["setting"] == setting]))
     print(f"ablation: done in {time.time() - t0:.0f} s", flush=True)
