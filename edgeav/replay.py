@@ -144,11 +144,18 @@ def run(args: argparse.Namespace) -> int:
         index = IndexWriter(args.index, bundle.embedding_size, bundle.bundle_id)
     totals: dict[str, Any] = {"windows": 0, "events": 0, "alerts": 0, "frames_converted": 0,
                               "times": {"decode": 0.0, "preprocess": 0.0, "embed": 0.0, "decide": 0.0}}
-    with atomic_output(args.out) as out_f, atomic_output(args.windows) as win_f:
+    reports: list[Any] = []  # one ReportSink per file with --report
+    with atomic_output(args.out) as out_f, atomic_output(args.windows) as win_f, \
+            atomic_output(args.report) as report_f:
         for path, info in zip(files, infos, strict=True):
             sinks: list[Any] = []
             summary = SummarySink()
             sinks.append(summary)
+            if args.report:
+                from edgeav.report import ReportSink
+
+                reports.append(ReportSink(args.camera or path.stem, path, info.duration))
+                sinks.append(reports[-1])
             if out_f is not None:
                 sinks.append(JsonLinesSink(out_f, frozenset({"event", "alert"})))
             if win_f is not None:
@@ -158,6 +165,9 @@ def run(args: argparse.Namespace) -> int:
             camera = args.camera or path.stem
             pipeline = CameraPipeline(camera, bundle, sinks, events=events, anomaly=anomaly,
                                       source_id=str(path), batch_size=args.batch, index=index)
+            if args.report:
+                reports[-1].threshold = pipeline.decider.params.threshold if pipeline.decider else None
+                reports[-1].index_source = index.source_id(camera, str(path)) if index is not None else None
             bar = None
             if show_progress:
                 from tqdm import tqdm
@@ -177,6 +187,10 @@ def run(args: argparse.Namespace) -> int:
                 totals[key] += getattr(stats, key)
             for key, value in stats.times.as_dict().items():
                 totals["times"][key] += value
+        if report_f is not None:  # after every file, so similar moments can come from all of them
+            from edgeav.report import render
+
+            report_f.write(render(reports, Path(args.index) if args.index else None, bundle.window_spec.sample_rate))
     if index is not None:
         index.close()
     if publisher is not None:
@@ -216,6 +230,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--batch", type=int, default=16, help="windows per inference batch (default 16)")
     p.add_argument("--quiet", action="store_true", help="print no summary and no progress")
     p.add_argument("--index", metavar="DIR", help="append every window's embeddings to this index (edgeav search)")
+    p.add_argument("--report", metavar="REPORT.html",
+                   help="write one self-contained HTML report: score timeline, alerts with frame and spectrogram, "
+                        "and with --index each alert's most similar earlier moments")
     p.add_argument("--stats", metavar="STATS.json", help="write counts and per-stage times as JSON")
     p.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
                    help="with an mqtt config section: wait at most S seconds for the broker to acknowledge "
