@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import html
+import itertools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ THUMB_WIDTH = 240           # px; alert thumbnails (similar moments are shown at
 SPEC_CONTEXT_S = 3.0        # audio shown before and after an alert
 SPEC_PX_PER_S = 60
 SPEC_HEIGHT = 96
+SPEC_RANGE_DB = 70.0
 SIMILAR = 3                 # earlier moments shown per alert
 # Fixed palette for event labels (assigned in sorted-label order so colours are stable).
 PALETTE = ("#4e79a7", "#59a14f", "#edc948", "#b07aa1", "#76b7b2", "#ff9da7", "#9c755f", "#f28e2b", "#bab0ac")
@@ -123,9 +125,17 @@ def _jpeg(frame: Any, width: int) -> str:
     return _data_uri("image/jpeg", buf.tobytes())
 
 
+def _mel(hz: float | np.ndarray) -> Any:
+    return 2595.0 * np.log10(1.0 + np.asarray(hz) / 700.0)
+
+
+def _hz(mel: np.ndarray) -> np.ndarray:
+    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+
+
 def spectrogram_png(audio: np.ndarray, sample_rate: int, t0: float, t1: float, mark: tuple[float, float],
                     ) -> str:
-    """A log-power spectrogram strip (0 to 8 kHz, low at the bottom) of ``audio[t0:t1]`` as a PNG data URI.
+    """A log-power mel spectrogram strip (50 Hz to 8 kHz, low at the bottom) of ``audio[t0:t1]`` as a PNG data URI.
 
     ``mark`` (seconds, same timeline) is outlined: the alert itself inside its context.
     """
@@ -137,10 +147,15 @@ def spectrogram_png(audio: np.ndarray, sample_rate: int, t0: float, t1: float, m
         a = np.pad(a, (0, n_fft - len(a)))
     frames = np.lib.stride_tricks.sliding_window_view(a, n_fft)[::hop] * np.hanning(n_fft).astype(np.float32)
     power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
-    db = 10.0 * np.log10(power + 1e-10)
-    hi = float(db.max())
-    img = np.clip((db - (hi - 80.0)) / 80.0, 0.0, 1.0)  # an 80 dB range under the loudest bin
-    img = (img.T[::-1] * 255).astype(np.uint8)            # frequency up
+    # Rows on a mel scale (50 Hz to 8 kHz) as ears and the audio encoder see it: a linear axis leaves
+    # everything below 1 kHz, where engines and voices live, in a few rows at the bottom.
+    mel = np.linspace(_mel(50.0), _mel(sample_rate / 2), SPEC_HEIGHT + 1)
+    edges = np.clip(np.round(_hz(mel) / (sample_rate / n_fft)).astype(int), 0, power.shape[1] - 1)
+    rows = np.stack([power[:, lo:max(hi, lo + 1)].mean(axis=1) for lo, hi in itertools.pairwise(edges)])
+    db = 10.0 * np.log10(rows + 1e-10)
+    top = float(db.max())
+    img = np.clip((db - (top - SPEC_RANGE_DB)) / SPEC_RANGE_DB, 0.0, 1.0)  # the loudest bin and 70 dB under it
+    img = (img[::-1] * 255).astype(np.uint8)            # frequency up
     width = max(8, round((t1 - t0) * SPEC_PX_PER_S))
     img = cv2.resize(img, (width, SPEC_HEIGHT), interpolation=cv2.INTER_AREA)
     rgb = cv2.applyColorMap(img, cv2.COLORMAP_MAGMA)
@@ -379,7 +394,8 @@ def render(reports: list[ReportSink], index_dir: Path | None, sample_rate: int, 
                 c0, c1 = max(0.0, t0 - SPEC_CONTEXT_S), t1 + SPEC_CONTEXT_S
                 spec = spectrogram_png(audio, sample_rate, c0, c1, (t0, t1))
                 out.append(f'<figure class="spec"><img src="{spec}" alt="spectrogram {_fmt_t(c0)}-{_fmt_t(c1)}">'
-                           f"<figcaption>audio {_fmt_t(c0)}–{_fmt_t(c1)}, 0–8 kHz (alert between the white lines)"
+                           f"<figcaption>audio {_fmt_t(c0)}–{_fmt_t(c1)}, 50 Hz–8 kHz mel scale "
+                           "(alert between the white lines)"
                            "</figcaption></figure>")
             else:
                 out.append('<p class="none">no audio</p>')
