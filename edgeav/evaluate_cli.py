@@ -27,14 +27,21 @@ def register(subparsers: Any) -> None:
                    help="labelled footage to score, with anomalies marked in its sidecars")
     p.add_argument("--normal", nargs="+", default=None, metavar="FOOTAGE",
                    help="normal footage for the anomaly memory (default: the probe footage)")
+    p.add_argument("--floor", default=None, metavar="CHECKPOINT_OR_BUNDLE",
+                   help="untrained encoders (e.g. RUN/checkpoints/epoch_000.pt) evaluated alike: each figure is "
+                        "marked with the floor's and whether it beats it")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
     p.add_argument("--threads", type=int, default=2, help="onnxruntime threads (default 2)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from train.evaluate import evaluate, markdown
+    from train.evaluate import compare_with_floor, evaluate, markdown
 
-    result = evaluate(args.model, args.probe, args.test, args.normal, threads=args.threads)
+    cache: dict = {}  # footage decoded once for both models
+    result = evaluate(args.model, args.probe, args.test, args.normal, threads=args.threads, cache=cache)
+    if args.floor:
+        floor = evaluate(args.floor, args.probe, args.test, args.normal, threads=args.threads, cache=cache)
+        result = compare_with_floor(result, floor)
     sys.stdout.write((json.dumps(result, indent=1) if args.json else markdown(result)) + "\n")
     return EXIT_OK

@@ -11,7 +11,14 @@ import pytest
 
 from edgeav.labels import LabelledEvent, Labels
 from tests.conftest import assert_one_line_error, run_edgeav
-from train.evaluate import LabelledWindows, anomaly, average_precision, event_queries, search_precision
+from train.evaluate import (
+    LabelledWindows,
+    anomaly,
+    average_precision,
+    event_queries,
+    markdown,
+    search_precision,
+)
 
 FEATURES = {"embedding_joint", "embedding_audio", "embedding_video", "pre_audio", "pre_video", "pre_joint"}
 
@@ -40,14 +47,23 @@ def test_evaluate_checkpoint_gives_every_metric_in_range(tiny_bundle: Path, foot
     assert r["model"]["checkpoint"] == str(run)
 
 
-def test_evaluate_bundle_prints_a_table_without_pre_projection_rows(tiny_bundle: Path, footage_dir: Path):
-    proc = run_edgeav("evaluate", tiny_bundle, "--probe", footage_dir / "normal.mp4", "--test",
-                      footage_dir / "anomalies.mp4", timeout=300)
+def test_evaluate_bundle_against_a_floor(tiny_bundle: Path, footage_dir: Path):
+    """A bundle (no pre-projection features: ONNX carries only the embedding), against itself as the floor:
+    every figure equals the floor's and none beats it (strictly)."""
+    args = ("evaluate", tiny_bundle, "--probe", footage_dir / "normal.mp4", "--test", footage_dir / "anomalies.mp4",
+            "--floor", tiny_bundle)
+    proc = run_edgeav(*args, "--json", timeout=300)
     assert proc.returncode == 0, proc.stderr
-    rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("| anomaly (")]
-    assert [ln.split("(")[1].split(")")[0] for ln in rows] == ["embedding_joint", "embedding_audio",
-                                                               "embedding_video"]
-    assert "segment accuracy" in proc.stdout and "P@10" in proc.stdout
+    r = json.loads(proc.stdout)
+    assert set(r["anomaly"]) == {"embedding_joint", "embedding_audio", "embedding_video"}
+    for section, key in [(r["localisation"], "segment_accuracy"), (r["search"], "p_at_10"),
+                         *((a, "auroc") for a in r["anomaly"].values())]:
+        assert section[f"{key}_floor"] == section[key]
+        # nothing measured (no event kind recurs in this short test footage: no search query) -> no verdict
+        assert section[f"{key}_beats_floor"] is (False if section[key] is not None else None)
+    assert r["localisation"]["segment_accuracy_beats_floor"] is False
+    acc = r["localisation"]["segment_accuracy"]
+    assert f"| {acc} (floor {acc}) |" in markdown(r)  # the table the command prints without --json
 
 
 def test_evaluate_refuses_footage_without_labels(tiny_bundle: Path, footage_dir: Path, tmp_path: Path):

@@ -358,19 +358,43 @@ def evaluate(model: str | Path, probe: Sequence[str | Path], test: Sequence[str 
     return out
 
 
+def compare_with_floor(result: dict[str, Any], floor: dict[str, Any]) -> dict[str, Any]:
+    """Mark each headline figure of ``result`` with the untrained floor's and whether it beats it (strictly)."""
+
+    def mark(section: dict[str, Any], floor_section: dict[str, Any] | None, key: str) -> None:
+        ours = section.get(key)
+        theirs = (floor_section or {}).get(key)
+        section[f"{key}_floor"] = theirs
+        section[f"{key}_beats_floor"] = None if ours is None or theirs is None else bool(ours > theirs)
+
+    mark(result["localisation"], floor["localisation"], "segment_accuracy")
+    mark(result["search"], floor["search"], f"p_at_{SEARCH_K}")
+    for name, a in result["anomaly"].items():
+        mark(a, floor["anomaly"].get(name), "auroc")
+    result["untrained_floor"] = {"model": floor.get("model"), "bundle_id": floor.get("bundle_id")}
+    return result
+
+
 # ---------------------------------------------------------------------------------------------- report
 
 
 def markdown(result: dict[str, Any]) -> str:
-    """A short markdown table of one evaluation."""
+    """A short markdown table of one evaluation (with the untrained floor's figure where it was measured)."""
     loc, se = result["localisation"], result["search"]
+
+    def floor(section: dict[str, Any], key: str) -> str:
+        if f"{key}_floor" not in section:
+            return ""
+        return f" (floor {section[f'{key}_floor']}{', beats it' if section[f'{key}_beats_floor'] else ''})"
+
+    p = f"p_at_{SEARCH_K}"
     lines = ["| task | metric | value |", "|---|---|---|",
              f"| localisation | segment accuracy ({loc['segments']} segments; majority {loc['majority_accuracy']}) "
-             f"| {loc['segment_accuracy']} |",
+             f"| {loc['segment_accuracy']}{floor(loc, 'segment_accuracy')} |",
              f"| localisation | event macro-F1 | {loc['event_macro_f1']} |"]
     for name, a in result["anomaly"].items():
-        lines.append(f"| anomaly ({name}) | AUROC / AP / false alarms per h at 90% caught | {a['auroc']} / "
-                     f"{a['average_precision']} / {a.get('false_alarms_per_hour_at_90')} |")
-    lines.append(f"| search ({se['queries']} queries) | P@{SEARCH_K} / mAP@{SEARCH_K} | {se[f'p_at_{SEARCH_K}']} / "
+        lines.append(f"| anomaly ({name}) | AUROC / AP / false alarms per h at 90% caught | {a['auroc']}"
+                     f"{floor(a, 'auroc')} / {a['average_precision']} / {a.get('false_alarms_per_hour_at_90')} |")
+    lines.append(f"| search ({se['queries']} queries) | P@{SEARCH_K} / mAP@{SEARCH_K} | {se[p]}{floor(se, p)} / "
                  f"{se[f'map_at_{SEARCH_K}']} |")
     return "\n".join(lines)
