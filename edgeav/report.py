@@ -32,6 +32,7 @@ SPEC_CONTEXT_S = 3.0        # audio shown before and after an alert
 SPEC_PX_PER_S = 60
 SPEC_HEIGHT = 96
 SPEC_RANGE_DB = 70.0
+MAX_POINTS = 2000            # score points drawn per timeline (the most a 1000-px-wide plot can show)
 SIMILAR = 3                 # earlier moments shown per alert
 # Fixed palette for event labels (assigned in sorted-label order so colours are stable).
 PALETTE = ("#4e79a7", "#59a14f", "#edc948", "#b07aa1", "#76b7b2", "#ff9da7", "#9c755f", "#f28e2b", "#bab0ac")
@@ -154,11 +155,11 @@ def spectrogram_png(audio: np.ndarray, sample_rate: int, t0: float, t1: float, m
     rows = np.stack([power[:, lo:max(hi, lo + 1)].mean(axis=1) for lo, hi in itertools.pairwise(edges)])
     db = 10.0 * np.log10(rows + 1e-10)
     top = float(db.max())
-    img = np.clip((db - (top - SPEC_RANGE_DB)) / SPEC_RANGE_DB, 0.0, 1.0)  # the loudest bin and 70 dB under it
-    img = (img[::-1] * 255).astype(np.uint8)            # frequency up
+    level = np.clip((db - (top - SPEC_RANGE_DB)) / SPEC_RANGE_DB, 0.0, 1.0)  # the loudest bin and 70 dB under it
+    grey = (level[::-1] * 255).astype(np.uint8)            # frequency up
     width = max(8, round((t1 - t0) * SPEC_PX_PER_S))
-    img = cv2.resize(img, (width, SPEC_HEIGHT), interpolation=cv2.INTER_AREA)
-    rgb = cv2.applyColorMap(img, cv2.COLORMAP_MAGMA)
+    strip = cv2.resize(grey, (width, SPEC_HEIGHT), interpolation=cv2.INTER_AREA)
+    rgb = cv2.applyColorMap(strip, cv2.COLORMAP_MAGMA)
     for edge in mark:
         x = int(round((edge - t0) / (t1 - t0) * (width - 1)))
         if 0 <= x < width:
@@ -251,10 +252,19 @@ def timeline_svg(r: ReportSink, colours: dict[str, str], first_alert: int) -> st
         parts.append(f'<a href="#alert-{first_alert + k}"><rect class="alert-span" x="{x0:.1f}" y="{top}" '
                      f'width="{max(x1 - x0, 2.0):.1f}" height="{plot_h}"><title>alert {first_alert + k}: '
                      f'{_fmt_t(a["t_start"])}-{_fmt_t(a["t_end"])} score {a["score"]:.3f}</title></rect></a>')
+    centres = 0.5 * (np.array(r.t_start, dtype=np.float64) + np.array(r.t_end, dtype=np.float64))
+    if len(sc) > MAX_POINTS:
+        # A long file (a day is 172,800 windows): one point per slice of the axis, its highest score, so the
+        # file stays small and no peak disappears.
+        cut = np.linspace(0, len(sc), MAX_POINTS + 1).astype(int)
+        with np.errstate(invalid="ignore"):  # an all-NaN slice (no score at all) stays NaN: a gap in the line
+            sc = np.array([np.nanmax(sc[a:b]) if np.isfinite(sc[a:b]).any() else np.nan
+                           for a, b in itertools.pairwise(cut)])
+        centres = np.array([centres[a:b].mean() for a, b in itertools.pairwise(cut)])
     segs, cur = [], []  # the score line, broken where a window had no score
-    for t0, t1, s in zip(r.t_start, r.t_end, sc, strict=True):
+    for tc, s in zip(centres, sc, strict=True):
         if np.isfinite(s):
-            cur.append(f"{x(0.5 * (t0 + t1)):.1f},{y(float(s)):.1f}")
+            cur.append(f"{x(float(tc)):.1f},{y(float(s)):.1f}")
         elif cur:
             segs.append(cur)
             cur = []
