@@ -195,6 +195,22 @@ def add_content_named_file(bundle_dir: str | Path, prefix: str, writer: Any) -> 
     return name
 
 
+def replace_part(bundle_dir: str | Path, manifest: dict[str, Any], key: str, writer: Any,
+                 section: dict[str, Any], file_field: str) -> dict[str, Any]:
+    """Add a fitted part (event head, anomaly memory) to a bundle in the crash-safe order.
+
+    The part is written under a content-hashed name, the manifest's ``key`` section becomes ``section``
+    with ``file_field`` naming that file, the manifest is replaced atomically, and only then is the
+    part it replaced deleted. Returns the manifest as written.
+    """
+    name = add_content_named_file(bundle_dir, key, writer)
+    updated = dict(manifest)
+    updated[key] = {file_field: name, **section}
+    written = write_manifest(bundle_dir, updated)
+    prune_unreferenced(bundle_dir, written, [key])
+    return written
+
+
 # ---------------------------------------------------------------------------------------------- reading
 
 

@@ -238,14 +238,7 @@ def calibrate(x: np.ndarray, hop_s: float, false_alarms_per_hour: float, k: int 
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgeav.bundle import (
-        add_content_named_file,
-        embed_footage,
-        load_bundle,
-        prune_unreferenced,
-        writable_bundle_dir,
-        write_manifest,
-    )
+    from edgeav.bundle import embed_footage, load_bundle, replace_part, writable_bundle_dir
 
     if not args.false_alarms_per_hour > 0:
         raise UserError(f"--false-alarms-per-hour: {args.false_alarms_per_hour} must be > 0")
@@ -283,10 +276,7 @@ def run(args: argparse.Namespace) -> int:
         log.warning("calibrate: %.1f min of normal footage is too short to observe %g false alarms/hour; the threshold "
                     "is extrapolated from the score tail (about %.0f min would measure it directly)",
                     metrics["normal_hours"] * 60, args.false_alarms_per_hour, need_min)
-    name = add_content_named_file(d, "anomaly", mem.save)
-    manifest = dict(bundle.manifest)
-    manifest["anomaly"] = {
-        "memory": name,
+    written = replace_part(d, bundle.manifest, "anomaly", mem.save, file_field="memory", section={
         "score": "mean Euclidean distance to the k nearest normal windows",
         "k": mem.k,
         "threshold": mem.threshold,
@@ -295,9 +285,7 @@ def run(args: argparse.Namespace) -> int:
         "precision": bundle.precision,
         "footage": [str(p) for p in paths],
         "metrics": metrics,
-    }
-    written = write_manifest(d, manifest)
-    prune_unreferenced(d, written, ["anomaly"])
+    })
     print(f"calibrate: {metrics['normal_windows']} normal windows ({metrics['normal_hours'] * 60:.1f} min), memory "
           f"{metrics['memory_size']}, threshold {mem.threshold:.4f} for {args.false_alarms_per_hour:g} false "
           f"alarms/hour ({metrics['threshold_method']}); bundle {written['bundle_id']} ({d})")

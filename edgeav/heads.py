@@ -221,14 +221,7 @@ def fit_event_head(x: np.ndarray, labels: list[str], l2: float | None = None) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgeav.bundle import (
-        add_content_named_file,
-        embed_footage,
-        load_bundle,
-        prune_unreferenced,
-        writable_bundle_dir,
-        write_manifest,
-    )
+    from edgeav.bundle import embed_footage, load_bundle, replace_part, writable_bundle_dir
 
     d = writable_bundle_dir(args.models, "fit-events")
     bundle = load_bundle(d, threads=args.threads, with_heads=False)
@@ -237,10 +230,7 @@ def run(args: argparse.Namespace) -> int:
     if len(labels) < 10:
         raise UserError(f"fit-events: only {len(labels)} windows in the footage given; need at least 10")
     head, metrics = fit_event_head(x, labels, l2=args.l2)
-    name = add_content_named_file(d, "events", head.save)
-    manifest = dict(bundle.manifest)
-    manifest["events"] = {
-        "head": name,
+    written = replace_part(d, bundle.manifest, "events", head.save, file_field="head", section={
         "model": "multinomial logistic regression (numpy), standardised inputs",
         "features": "joint",
         "joint": "concat(l2norm(audio), l2norm(video))",
@@ -249,9 +239,7 @@ def run(args: argparse.Namespace) -> int:
         "thresholds": {c: round(float(t), 3) for c, t in zip(head.class_names, head.thresholds, strict=True)},
         "footage": [str(p) for p in paths],
         "metrics": metrics,
-    }
-    written = write_manifest(d, manifest)
-    prune_unreferenced(d, written, ["events"])
+    })
     acc = metrics.get("heldout_segment_accuracy")
     print(f"fit-events: {len(labels)} windows, classes {', '.join(head.class_names)}; held-out segment accuracy "
           f"{acc if acc is not None else 'n/a'}; bundle {written['bundle_id']} ({d})")
