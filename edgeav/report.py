@@ -86,33 +86,63 @@ def _data_uri(mime: str, data: bytes) -> str:
 
 
 def grab_frames(footage: Path, times: Iterable[float], width: int = THUMB_WIDTH) -> dict[float, str]:
-    """JPEG data URIs of the frames shown at ``times`` (the last frame at or before each), one decoding pass.
+    """JPEG data URIs of the frames shown at ``times`` (the last frame at or before each).
 
-    A file that cannot be decoded gives no thumbnails (logged), never a failed report.
+    Each time is reached by seeking to the keyframe before it, so a thumbnail 20 hours into a file costs
+    one GOP of decoding, not 20 hours. A file that cannot be decoded gives no thumbnails (logged), never a
+    failed report.
     """
+    import av
+
     from edgeav import media
     from edgeav.errors import UserError
 
-    wanted = sorted(set(times))
     out: dict[float, str] = {}
+    wanted = sorted(set(times))
     if not wanted:
         return out
-    k = 0
-    last: Any = None
     try:
-        for t, frame in media.iter_video_frames(footage):
-            while k < len(wanted) and t > wanted[k] + 1e-6 and last is not None:
-                out[wanted[k]] = _jpeg(last, width)
-                k += 1
-            if k == len(wanted):
-                break
-            last = frame
-        while k < len(wanted) and last is not None:  # times past the last frame show the last frame
-            out[wanted[k]] = _jpeg(last, width)
-            k += 1
-    except (UserError, OSError) as exc:
+        with media._open(Path(footage)) as c:  # the project's reasons for an unreadable file
+            if not c.streams.video:
+                return out
+            vs = c.streams.video[0]
+            origin, tb = media._origin(c), vs.time_base
+            if tb is None:
+                return out
+            for t in wanted:
+                c.seek(max(0, int((t + origin) / tb)), stream=vs, backward=True)
+                last = None
+                for frame in c.decode(vs):
+                    if frame.pts is None:
+                        continue
+                    if float(frame.pts * tb) - origin > t + 1e-6 and last is not None:
+                        break
+                    last = frame
+                if last is not None:
+                    out[t] = _jpeg(last, width)
+    except (UserError, OSError, av.error.FFmpegError) as exc:
         log.warning("report: no thumbnails from %s (%s)", footage, exc)
     return out
+
+
+def audio_around(footage: Path, audio_path: Path, sample_rate: int, spans: list[tuple[float, float]],
+                 ) -> list[np.ndarray]:
+    """Mono audio of each ``(t0, t1)`` span (silence where there is none), streamed: memory stays that of the
+    spans, not of the file (a day of 16 kHz float audio would be 5.5 GB), and decoding stops after the last."""
+    from edgeav import media
+
+    bufs = [np.zeros(max(0, round((t1 - t0) * sample_rate)), np.float32) for t0, t1 in spans]
+    last = max((t1 for _, t1 in spans), default=0.0)
+    for t, block in media.iter_audio_blocks(footage, sample_rate, audio_path):
+        b0 = round(t * sample_rate)
+        for (t0, _), buf in zip(spans, bufs, strict=True):
+            s0 = round(t0 * sample_rate)
+            lo, hi = max(b0, s0), min(b0 + len(block), s0 + len(buf))
+            if lo < hi:
+                buf[lo - s0:hi - s0] = block[lo - b0:hi - b0]
+        if t > last:
+            break
+    return bufs
 
 
 def _jpeg(frame: Any, width: int) -> str:
@@ -134,16 +164,15 @@ def _hz(mel: np.ndarray) -> np.ndarray:
     return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
 
 
-def spectrogram_png(audio: np.ndarray, sample_rate: int, t0: float, t1: float, mark: tuple[float, float],
-                    ) -> str:
-    """A log-power mel spectrogram strip (50 Hz to 8 kHz, low at the bottom) of ``audio[t0:t1]`` as a PNG data URI.
+def spectrogram_png(a: np.ndarray, sample_rate: int, t0: float, t1: float, mark: tuple[float, float]) -> str:
+    """A log-power mel spectrogram strip (50 Hz to 8 kHz, low at the bottom) of ``a``, the audio of ``[t0, t1]``,
+    as a PNG data URI.
 
     ``mark`` (seconds, same timeline) is outlined: the alert itself inside its context.
     """
     import cv2
 
     n_fft, hop = 512, 160
-    a = audio[max(0, round(t0 * sample_rate)):max(0, round(t1 * sample_rate))]
     if len(a) < n_fft:
         a = np.pad(a, (0, n_fft - len(a)))
     frames = np.lib.stride_tricks.sliding_window_view(a, n_fft)[::hop] * np.hanning(n_fft).astype(np.float32)
@@ -381,12 +410,13 @@ def render(reports: list[ReportSink], index_dir: Path | None, sample_rate: int, 
                 for lab in labels if any(e["label"] == lab for e in r.events))
                 + '<span><i style="background:#d6272855"></i>alert</span></div>')
         out.append(timeline_svg(r, colours, first))
-        audio = None
+        spans = [(max(0.0, a["t_start"] - SPEC_CONTEXT_S), a["t_end"] + SPEC_CONTEXT_S) for a in r.alerts]
+        audio: list[np.ndarray] | None = None
         if r.alerts:
             try:
                 info = media.probe(r.footage, require_audio=False)
                 if info.has_audio:
-                    audio = media.decode_audio(r.footage, sample_rate, info.audio_path)
+                    audio = audio_around(r.footage, info.audio_path, sample_rate, spans)
             except (UserError, OSError) as exc:
                 log.warning("report: no spectrograms from %s (%s)", r.footage, exc)
         out.append('<ol class="alerts">' if r.alerts else '<p class="none">No alerts in this file.</p>')
@@ -401,8 +431,8 @@ def render(reports: list[ReportSink], index_dir: Path | None, sample_rate: int, 
                        f"<figcaption>frame at {_fmt_t(peak)}</figcaption></figure>" if thumb
                        else '<p class="none">no frame</p>')
             if audio is not None:
-                c0, c1 = max(0.0, t0 - SPEC_CONTEXT_S), t1 + SPEC_CONTEXT_S
-                spec = spectrogram_png(audio, sample_rate, c0, c1, (t0, t1))
+                c0, c1 = spans[ai]
+                spec = spectrogram_png(audio[ai], sample_rate, c0, c1, (t0, t1))
                 out.append(f'<figure class="spec"><img src="{spec}" alt="spectrogram {_fmt_t(c0)}-{_fmt_t(c1)}">'
                            f"<figcaption>audio {_fmt_t(c0)}–{_fmt_t(c1)}, 50 Hz–8 kHz mel scale "
                            "(alert between the white lines)"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_edgeav
+from tests.conftest import assert_one_line_error, run_edgeav
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -112,3 +112,7 @@ def test_report_is_deterministic_and_atomic(replayed: Path, footage_dir: Path, t
                       out, "--quiet", timeout=300)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert not out.exists() and not list(tmp_path.glob(".failed.html.*"))
+    # A report that cannot be written is a one-line error before any footage is processed.
+    proc = run_edgeav("replay", footage_dir / "anomalies.mp4", "--models", replayed / "bundle", "--report",
+                      tmp_path / "no-such-dir" / "r.html", "--quiet", timeout=300)
+    assert_one_line_error(proc, "no-such-dir")
