@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import pytest
 from edgeav.index import iter_records, read_index
 from edgeav.labels import load_labels, sidecar_path
 from edgeav.search import query_from_index, similarity, top_moments
-from tests.conftest import assert_one_line_error, run_edgeav
+from tests.conftest import REPO, assert_one_line_error, run_edgeav
 
 KINDS = ("car", "dog", "siren", "motorbike")
 SPACING_S = 7.0
@@ -112,3 +113,15 @@ def test_bad_index_and_unknown_event_are_one_line_errors(held_out: Path, tmp_pat
                     "-c", "copy", str(silent)], check=True, timeout=60)
     assert_one_line_error(run_edgeav("search", "--index", held_out / "index", "--clip", silent, "--mode", "audio",
                                      timeout=120), "silent.mp4", "no audio")
+
+
+def test_search_bench_runs_the_real_index_and_search() -> None:
+    """The benchmark command works at a small size (its figures are for the README, not asserted)."""
+    proc = subprocess.run([sys.executable, "-m", "edgeav.search_bench", "--windows", "2000", "--queries", "2"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    row = next(ln for ln in proc.stdout.splitlines() if ln.strip().startswith("2,000"))
+    assert len(row.split()) == 8 and "FAISS" in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "edgeav.search_bench", "--windows", "3"], capture_output=True,
+                         text=True, timeout=60, cwd=REPO)
+    assert bad.returncode == 2 and "--windows" in bad.stderr and "Traceback" not in bad.stderr
