@@ -77,6 +77,9 @@ def atomic_output(path: str | None) -> Iterator[IO[str] | None]:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             yield f
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an output file gets the usual permissions
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
