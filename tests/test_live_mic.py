@@ -166,4 +166,7 @@ def test_av_offset_from_the_config_moves_the_audio(toy_bundle, flash_footage):
             assert plain.stop(10.0) and shifted.stop(10.0)
     print(f"camera audio skew {a} ms; with av_offset_ms 300: {b} ms")
     assert abs(a) <= 100.0
-    assert b == pytest.approx(a - 300.0, abs=5.0)  # audio captured 300 ms late is moved 300 ms earlier
+    # Audio captured 300 ms late is moved 300 ms earlier. The two cameras time the same stream with their own
+    # clocks (each smoothed from arrival times until the first RTCP report), which can disagree by tens of
+    # ms on a loaded machine: 60 ms still tells a 300 ms shift from none or a doubled one.
+    assert b == pytest.approx(a - 300.0, abs=60.0)
