@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeav import __version__
-from edgeav.errors import UserError
+from edgeav.errors import UserError, read_json_file
 from edgeav.preprocess import WindowSpec
 
 if TYPE_CHECKING:  # imported lazily at run time: the heads need numpy only, but keep import cost low
@@ -227,14 +227,7 @@ def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
     if not d.is_dir():
         raise UserError(f"{d}: a model bundle is a directory (with manifest.json), not a file")
     p = d / MANIFEST_NAME
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{p}: bundle manifest is missing") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{p}: cannot read bundle manifest: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{p}: bundle manifest is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    data = read_json_file(p, "bundle manifest")
     _need(isinstance(data, dict), str(p), "bundle manifest must be a JSON object")
     schema = data.get("schema")
     _need(schema == SCHEMA, f"{p}: schema", f"{schema!r} is not supported (expected {SCHEMA!r})")

@@ -17,7 +17,6 @@ held and overlapping clips never share mutable packets. Memory is bounded by ``m
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import os
@@ -33,6 +32,7 @@ from typing import Any
 
 import av
 
+from edgeav.bundle import sha256_file
 from edgeav.records import iso_utc
 
 log = logging.getLogger(__name__)
@@ -61,12 +61,6 @@ class _Request:
     deadline: float  # monotonic: write with what is there by then
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class ClipRecorder:

@@ -29,3 +29,22 @@ class RuntimeFailure(EdgeavError):
     """Something outside the user's input failed at run time. Exit code 1."""
 
     exit_code = EXIT_RUNTIME
+
+
+def read_json_file(path: object, what: str) -> object:
+    """Parse a JSON file, turning every way it can fail into one :class:`UserError` line naming it.
+
+    ``what`` names the file's role in the messages ("labels file", "bundle manifest", ...).
+    """
+    import json
+    from pathlib import Path
+
+    p = Path(str(path))
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{p}: {what} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{p}: cannot read {what}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{p}: {what} is not valid JSON (line {exc.lineno}: {exc.msg})") from None

@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edgeav.errors import UserError
+from edgeav.errors import UserError, read_json_file
 
 SCHEMA = "edgeav.labels/1"
 BACKGROUND = "background"
@@ -78,14 +78,7 @@ def _need(cond: bool, path: Path, where: str, value: object, allowed: str) -> No
 def load_labels(path: str | Path) -> Labels:
     """Read and validate a sidecar; every problem is a one-line :class:`UserError` naming the field."""
     p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{p}: labels file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{p}: cannot read labels: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{p}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    data = read_json_file(p, "labels file")
     _need(isinstance(data, dict), p, "top level", type(data).__name__, "an object")
     _need(data.get("schema") == SCHEMA, p, "schema", data.get("schema"), f"expected {SCHEMA!r}")
     duration = data.get("duration")

@@ -176,7 +176,7 @@ def test_bad_manifests_are_refused(toy, clip):
     (d / MANIFEST_NAME).write_text("{not json")
     _refused(d, clip, MANIFEST_NAME, "not valid JSON")
     (d / MANIFEST_NAME).unlink()
-    _refused(d, clip, MANIFEST_NAME, "missing")
+    _refused(d, clip, MANIFEST_NAME, "not found")
     _refused(d.parent / "nowhere", clip, "nowhere", "does not exist")
 
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-from edgeav.errors import UserError
+from edgeav.errors import UserError, read_json_file
 from edgeav.labels import sidecar_path
 from edgeav.synth.kinds import KINDS, PROFILES
 
@@ -41,14 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def load_timeline(path: Path) -> list:
     """Read a ``--events`` file; every problem is one line naming the file."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: events file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read events file: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    data = read_json_file(path, "events file")
     if not isinstance(data, list):
         raise UserError(f"{path}: top level: {type(data).__name__} is not allowed (a list of event objects)")
     return data
