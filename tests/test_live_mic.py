@@ -124,7 +124,10 @@ def test_microphone_vanishing_and_returning(toy_bundle, flash_footage, virtual_m
     ws = sink.snapshot()
     # While the microphone was gone: video-only windows, flagged, and the video never stopped.
     during = [w for w in ws if gone + 2.5 <= w["t_start"] and w["t_end"] <= back]
-    assert len(during) >= 8 and all(w["missing"] == ["audio"] for w in during), [w["missing"] for w in during]
+    assert during and all(w["missing"] == ["audio"] for w in during), [w["missing"] for w in during]
+    # Every window of the gap arrived, or the ones that did not were dropped and counted (a loaded machine
+    # makes inference fall behind; live mode then drops the oldest windows, never silently).
+    assert len(during) >= 8 or h["windows_dropped"] > 0, (len(during), h["windows_dropped"])
     assert h["windows_video_only"] >= len(during)
     # Afterwards audio is back in the windows.
     after = ws[-4:]
