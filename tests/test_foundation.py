@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_edgeav
+from conftest import REPO, assert_one_line_error, run_edgeav
 
 import edgeav
 
@@ -82,6 +82,12 @@ def test_every_module_imports_without_torch(no_torch_env: dict[str, str]) -> Non
     # and the CLI, which imports every command module, starts without torch
     help_ = run_edgeav("--help", env=no_torch_env, timeout=60)
     assert help_.returncode == 0, help_.stderr
+
+
+def test_commands_needing_torch_say_so_without_it(no_torch_env: dict[str, str], tmp_path: Path) -> None:
+    """On an edge box without the train extra, `edgeav train` names the extra in one line, exit 2."""
+    proc = run_edgeav("train", tmp_path, "--out", tmp_path / "run", env=no_torch_env, timeout=60)
+    assert_one_line_error(proc, "train extra", "torch==2.13.0")
 
 
 def _module_level_imports(tree: ast.AST) -> list[tuple[int, str]]:
