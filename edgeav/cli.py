@@ -77,20 +77,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def require_train_extra(command: str) -> None:
     """Fail with a one-line message when the ``train`` extra (torch) is not installed."""
-    import importlib.util
-
-    # Look the package up without importing it: the runtime never loads torch, not even to check for it.
+    # Called only by the commands that run torch: importing it here costs nothing they would not pay anyway,
+    # and it also catches an installation that is present but broken.
     try:
-        found = importlib.util.find_spec("torch") is not None
-    except ImportError:  # a finder that refuses torch outright
-        found = False
-    if not found:
+        importlib.import_module("torch")
+    except ImportError:
         from edgeav.errors import UserError
 
         raise UserError(
             f"`edgeav {command}` needs the train extra (PyTorch): "
             "pip install torch==2.13.0 && pip install 'edgeav[train]'"
-        )
+        ) from None
 
 
 if __name__ == "__main__":
