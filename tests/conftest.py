@@ -74,3 +74,15 @@ def tiny_bundle(footage_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         proc = run_edgeav(*step, timeout=600)
         assert proc.returncode == 0, f"edgeav {step[0]} failed: {proc.stderr}"
     return d / "bundle"
+
+
+@pytest.fixture(scope="session")
+def toy_bundle(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny hand-built ONNX bundle (tests/test_bundle.py's ``make_toy_bundle``) for the live-capture tests,
+    which check plumbing and timing, not what a model sees."""
+    from edgeav.bundle import load_bundle
+    from tests.test_bundle import make_toy_bundle
+
+    d = tmp_path_factory.mktemp("toy") / "bundle"
+    make_toy_bundle(d, seed=3)
+    return load_bundle(d)

@@ -16,7 +16,7 @@ import yaml
 from conftest import REPO, assert_one_line_error, run_edgeav
 from pydantic import BaseModel, ValidationError
 
-from edgeav.config import Config, apply_logging, load_config, parse_config
+from edgeav.config import Config, _model_in, apply_logging, load_config, parse_config
 from edgeav.errors import UserError
 
 EXAMPLE = REPO / "configs" / "edgeav.example.yaml"
@@ -155,16 +155,6 @@ def test_example_config_is_valid() -> None:
 
 
 # ----------------------------------------------------------------- the example documents the whole schema
-
-
-def _model_in(annotation: typing.Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
 
 
 def _schema_paths(model: type[BaseModel], prefix: str = "") -> set[str]:

@@ -16,11 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from edgeav.bundle import Bundle, load_bundle
 from edgeav.config import CameraConfig
 from edgeav.live import LiveCamera
 from tests.rtsp_server import RtspServer, server_available
-from tests.test_bundle import make_toy_bundle
 from tests.test_live_rtsp import Collect, camera, wait_for
 from tests.virtual_mic import VirtualMic, mic_available
 
@@ -43,13 +41,6 @@ def flash_footage(tmp_path_factory: pytest.TempPathFactory) -> Path:
          "-t", "30", "-c:v", "libx264", "-g", "15",
          "-pix_fmt", "yuv420p", "-c:a", "aac", str(p)], check=True)
     return p
-
-
-@pytest.fixture(scope="module")
-def toy_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    d = tmp_path_factory.mktemp("mic") / "bundle"
-    make_toy_bundle(d, seed=4)
-    return load_bundle(d)
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,10 @@ from typing import Any
 
 import pytest
 
-from edgeav.bundle import Bundle, load_bundle
 from edgeav.config import CameraConfig
 from edgeav.live import LiveCamera
 from tests.rtsp_server import RtspServer, server_available
-from tests.test_bundle import SPEC, make_toy_bundle
+from tests.test_bundle import SPEC
 
 pytestmark = pytest.mark.skipif(server_available() is not None, reason=str(server_available()))
 
@@ -63,13 +62,6 @@ def wait_for(cond: Callable[[], bool], timeout: float, step: float = 0.05) -> bo
 
 def camera(url: str, audio: dict[str, Any]) -> CameraConfig:
     return CameraConfig.model_validate({"name": "gate", "video": {"url": url}, "audio": audio})
-
-
-@pytest.fixture(scope="module")
-def toy_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    d = tmp_path_factory.mktemp("live") / "bundle"
-    make_toy_bundle(d, seed=3)
-    return load_bundle(d)
 
 
 @pytest.fixture(scope="module")
