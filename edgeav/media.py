@@ -27,7 +27,7 @@ import av.error
 import numpy as np
 
 from edgeav.errors import UserError
-from edgeav.preprocess import AUDIO_SAMPLE_RATE, WindowSpec, prepare_frame_i420
+from edgeav.preprocess import AUDIO_SAMPLE_RATE, FrameResizer, WindowSpec
 from edgeav.windows import WindowAssembler  # the runtime's own window cutting: one code path
 
 # Container extensions a directory argument contributes (case-insensitive). WAVs are audio companions.
@@ -219,8 +219,8 @@ def probe(path: str | os.PathLike[str], require_audio: bool = True) -> MediaInfo
 def iter_video_frames(path: str | os.PathLike[str]) -> Iterator[tuple[float, av.VideoFrame]]:
     """Decoded video frames in presentation order as ``(t seconds, av.VideoFrame)``.
 
-    The frame is yielded undecoded-to-numpy so callers convert only the frames they need
-    (``frame.to_ndarray(format="yuv420p")`` then :func:`edgeav.preprocess.prepare_frame_i420`).
+    The frame is yielded as it left the decoder so callers convert only the frames they need
+    (with :class:`edgeav.preprocess.FrameResizer`).
     Frame threading (``thread_type="AUTO"``) keeps decoding near FFmpeg's own speed.
     """
     p = Path(path)
@@ -364,8 +364,7 @@ def footage_windows(path: str | os.PathLike[str], spec: WindowSpec | None = None
     spec = spec or WindowSpec()
     p = Path(path)
     info = info or probe(p)
-    asm = WindowAssembler(spec, lambda f: prepare_frame_i420(f.to_ndarray(format="yuv420p"), spec.frame_width,
-                                                            spec.frame_height))
+    asm = WindowAssembler(spec, FrameResizer(spec.frame_width, spec.frame_height))
     windows = []
     for kind, t, item in iter_av(p, spec.sample_rate, info):
         windows += asm.add_video_frame(t, item) if kind == "video" else asm.add_audio(t, item)

@@ -22,7 +22,7 @@ from edgeav.bundle import Bundle, joint_embedding
 from edgeav.decide import AnomalyDecider, AnomalyParams, EventLocalizer, EventParams
 from edgeav.index import IndexWriter
 from edgeav.labels import BACKGROUND
-from edgeav.preprocess import WindowSpec, prepare_frame_i420
+from edgeav.preprocess import FrameResizer, WindowSpec
 from edgeav.records import RecordBuilder
 from edgeav.windows import AUDIO, VIDEO, Window, WindowAssembler
 
@@ -78,9 +78,11 @@ def decision_params(config: Any | None) -> tuple[EventParams, AnomalyParams]:
 def frame_converter(spec: WindowSpec, stats: PipelineStats | None = None) -> Callable[[Any], np.ndarray]:
     """PyAV frame -> the model's RGB input, through the shared preprocessing; timed when ``stats`` is given."""
 
+    resize = FrameResizer(spec.frame_width, spec.frame_height)
+
     def convert(frame: Any) -> np.ndarray:
         t0 = time.perf_counter()
-        out = prepare_frame_i420(frame.to_ndarray(format="yuv420p"), spec.frame_width, spec.frame_height)
+        out = resize(frame)
         if stats is not None:
             stats.times.preprocess += time.perf_counter() - t0
         return out

@@ -213,7 +213,7 @@ def export_encoders(audio: Any, video: Any, params: dict[str, Any], summary: dic
                 "frame_height": spec.frame_height, "channel_order": "RGB",
                 "frame_times": "centres of frames_per_window equal slices of the window",
                 "audio_input": "mono float32 in [-1, 1], samples_per_window samples",
-                "video_input": "uint8 [B, F, H, W, 3] from edgeav.preprocess.prepare_frame_i420",
+                "video_input": "uint8 [B, F, H, W, 3] from edgeav.preprocess.FrameResizer",
                 "audio_frontend": audio.frontend_params() if hasattr(audio, "frontend_params") else {},
             },
             "embedding_size": emb,

@@ -93,3 +93,24 @@ def test_bad_footage_is_named_with_its_reason(bad_dir: dict[str, Path], reason: 
         footage_windows(path)
     msg = str(exc.value)
     assert str(path) in msg and reason.strip() in msg and "\n" not in msg
+
+
+def test_frame_resizer_keeps_the_picture_whatever_the_pixel_format() -> None:
+    """A 720p picture, red on the left and blue on the right, arrives as the camera sends it
+    (yuv420p, full-range yuvj420p, nv12): the model input is the same small picture each time."""
+    import av
+
+    from edgeav.preprocess import FrameResizer
+
+    rgb = np.zeros((720, 1280, 3), np.uint8)
+    rgb[:, :640] = (220, 30, 30)
+    rgb[:, 640:] = (30, 30, 220)
+    source = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+    resize = FrameResizer(112, 64)
+    outs = {fmt: resize(source.reformat(format=fmt)) for fmt in ("yuv420p", "yuvj420p", "nv12")}
+    for fmt, out in outs.items():
+        assert out.shape == (64, 112, 3) and out.dtype == np.uint8, fmt
+        left, right = out[:, :50].reshape(-1, 3).mean(0), out[:, 62:].reshape(-1, 3).mean(0)
+        assert np.abs(left - (220, 30, 30)).max() < 12, (fmt, left)
+        assert np.abs(right - (30, 30, 220)).max() < 12, (fmt, right)
+    assert np.abs(outs["yuv420p"].astype(int) - outs["nv12"].astype(int)).max() <= 2

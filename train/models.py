@@ -10,7 +10,7 @@ Interface (stable; the export issue depends on it):
   parameters for the manifest.
 - :class:`VideoEncoder`: ``forward(frames uint8 [B, F, H, W, 3]) -> [B, D]`` L2-normalised. Pixel
   normalisation (buffers ``mean``/``std``, per RGB channel, measured in one pass over the training footage)
-  is inside, so the runtime hands it the uint8 frames of :func:`edgeav.preprocess.prepare_frame_i420`.
+  is inside, so the runtime hands it the uint8 frames of :func:`edgeav.preprocess.FrameResizer`.
 - :func:`build_encoders` (from the params dict), :func:`load_checkpoint` (eval mode).
 
 Checkpoint (``torch.save`` dict, ``format == "edgeav.checkpoint/1"``)::
