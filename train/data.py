@@ -31,7 +31,7 @@ from edgeav.preprocess import WindowSpec
 log = logging.getLogger(__name__)
 
 # Bump when the cached arrays' meaning changes (decoding or frame preprocessing), so old entries are ignored.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def default_cache_dir() -> Path:
