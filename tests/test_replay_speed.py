@@ -1,7 +1,13 @@
-"""Replay's background decoding (pipeline.prefetched): same windows as the serial path, errors and stops handled."""
+"""What keeps `edgeav replay` near the decoding floor, and that it changes nothing a user sees.
+
+Background decoding (pipeline.prefetched): the same records as the serial path, errors and early stops
+handled. Start-up: `edgeav replay` builds its parser without importing the other commands' modules.
+"""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,3 +79,19 @@ def test_a_consumer_that_stops_early_stops_and_closes_the_producer() -> None:
     items.close()  # what an exception in the consumer's loop does to the generator
     assert closed.is_set(), "the producer's generator is closed (a decoder's container with it)"
     assert not [t for t in set(threading.enumerate()) - before if t.name == "test-prefetch"]
+
+
+def test_replay_starts_without_the_other_commands_modules(tmp_path: Path) -> None:
+    # pydantic and yaml (edgeav.config) cost ~0.1 s of CPU at every start; replay needs them only with --config.
+    code = ("import sys\nfrom edgeav.cli import main\n"
+            "code = main(sys.argv[1:])\n"
+            "heavy = ('pydantic', 'yaml', 'edgeav.config', 'edgeav.daemon')\n"
+            "print(code, sorted(m for m in heavy if m in sys.modules))")
+    missing = tmp_path / "missing.mp4"
+    for argv in (["replay", str(missing)], ["--log-level", "debug", "replay", str(missing)]):
+        proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
+        assert proc.stdout.split("\n")[-2] == "2 []", proc.stdout + proc.stderr
+        assert proc.stderr.startswith("edgeav: error:") and "missing.mp4" in proc.stderr
+    # Every other command, and the top-level help, still sees every command.
+    proc = subprocess.run([sys.executable, "-m", "edgeav", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "replay" in proc.stdout and "config" in proc.stdout
