@@ -41,7 +41,7 @@ class Sink(Protocol):
 
 @dataclass
 class StageTimes:
-    """Seconds spent per stage, for `edgeav bench` and the health report."""
+    """Seconds spent per stage, for `edgeav bench` and the health report (wall, or CPU: see PipelineStats)."""
 
     decode: float = 0.0
     preprocess: float = 0.0
@@ -62,7 +62,17 @@ class PipelineStats:
     alerts: int = 0
     frames_converted: int = 0
     times: StageTimes = field(default_factory=StageTimes)
+    # CPU seconds of the thread that ran each stage. Exact for preprocess (swscale), embed (onnxruntime with
+    # one intra-op thread runs in the caller) and decide; for decode only the Python side: FFmpeg's frame
+    # threads are not the caller's. run_file's process CPU (``run_cpu``) minus the other three is decoding.
+    cpu: StageTimes = field(default_factory=StageTimes)
+    run_cpu: float = 0.0
     labels: dict[str, int] = field(default_factory=dict)
+
+    def add(self, stage: str, wall_t0: float, cpu_t0: float) -> None:
+        """Charge ``stage`` with the wall and thread CPU since ``perf_counter()``/``thread_time()`` gave the t0s."""
+        setattr(self.times, stage, getattr(self.times, stage) + time.perf_counter() - wall_t0)
+        setattr(self.cpu, stage, getattr(self.cpu, stage) + time.thread_time() - cpu_t0)
 
 
 def decision_params(config: Any | None) -> tuple[EventParams, AnomalyParams]:
@@ -85,10 +95,10 @@ def frame_converter(spec: WindowSpec, stats: PipelineStats | None = None) -> Cal
     resize = FrameResizer(spec.frame_width, spec.frame_height)
 
     def convert(frame: Any) -> np.ndarray:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         out = resize(frame)
         if stats is not None:
-            stats.times.preprocess += time.perf_counter() - t0
+            stats.add("preprocess", t0, c0)
         return out
 
     return convert
@@ -138,25 +148,25 @@ class CameraPipeline:
             self._process(self._batch)
             self._batch = []
         if self.localizer is not None:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             for change in self.localizer.flush():
                 self._emit_event(change)
-            self.stats.times.decide += time.perf_counter() - t0
+            self.stats.add("decide", t0, c0)
 
     # ----------------------------------------------------------------- processing
     def _embed(self, windows: list[Window]) -> tuple[np.ndarray | None, np.ndarray | None, list[int], list[int]]:
         ia = [i for i, w in enumerate(windows) if w.audio is not None]
         iv = [i for i, w in enumerate(windows) if w.frames is not None]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         ea = self.bundle.embed_audio(np.stack([windows[i].audio for i in ia])) if ia else None
         ev = self.bundle.embed_video(np.stack([windows[i].frames for i in iv])) if iv else None
-        self.stats.times.embed += time.perf_counter() - t0
+        self.stats.add("embed", t0, c0)
         return ea, ev, ia, iv
 
     def _process(self, windows: list[Window]) -> None:
         n = len(windows)
         ea, ev, ia, iv = self._embed(windows)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         d = self.bundle.embedding_size
         audio_emb = np.zeros((n, d), np.float32)
         video_emb = np.zeros((n, d), np.float32)
@@ -197,7 +207,7 @@ class CameraPipeline:
                     rec = self.records.alert(incident, self.decider.params.threshold)
                     for sink in self.sinks:
                         sink.alert(rec)
-        self.stats.times.decide += time.perf_counter() - t0
+        self.stats.add("decide", t0, c0)
 
     def _anomaly_scores(self, joint: np.ndarray, windows: list[Window]) -> np.ndarray | None:
         mem = self.bundle.anomaly
@@ -253,6 +263,7 @@ def run_file(path: str | Path, pipeline: CameraPipeline, av_offset_s: float = 0.
 
     spec = pipeline.bundle.window_spec
     stats = pipeline.stats
+    cpu_t0 = time.process_time()
     info = media.probe(path, require_audio=False)
     windows = _file_windows(path, info, spec, stats, av_offset_s)
     if prefetch:
@@ -263,6 +274,7 @@ def run_file(path: str | Path, pipeline: CameraPipeline, av_offset_s: float = 0.
         if progress is not None:
             progress(got[-1].t_end)
     pipeline.close()
+    stats.run_cpu += time.process_time() - cpu_t0
     return stats
 
 
@@ -278,10 +290,22 @@ def _file_windows(path: str | Path, info: Any, spec: WindowSpec, stats: Pipeline
     def clock(seconds: float) -> None:
         stats.times.decode += seconds
 
-    for kind, t, item in media.iter_av(path, spec.sample_rate, info, av_offset_s, clock):
-        got = asm.add_video_frame(t, item) if kind == VIDEO else asm.add_audio(t, item)
-        if got:
-            yield got
+    decoded = media.iter_av(path, spec.sample_rate, info, av_offset_s, clock)
+    try:
+        while True:
+            # Thread CPU of decoding and window assembly, less the resizing (charged to preprocess).
+            c0, p0 = time.thread_time(), stats.cpu.preprocess
+            decoded_item = next(decoded, None)
+            if decoded_item is None:
+                stats.cpu.decode += time.thread_time() - c0
+                break
+            kind, t, item = decoded_item
+            got = asm.add_video_frame(t, item) if kind == VIDEO else asm.add_audio(t, item)
+            stats.cpu.decode += time.thread_time() - c0 - (stats.cpu.preprocess - p0)
+            if got:
+                yield got
+    finally:
+        decoded.close()  # the containers, now, in this thread (also when the consumer stopped early)
     # A file cut short (a recorder that died) must not pass as complete footage.
     media.check_decoded_length(info, asm.video_end, asm.audio_end if info.has_audio else None)
     tail = asm.finish()

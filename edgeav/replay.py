@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,8 +146,10 @@ def run(args: argparse.Namespace) -> int:
         from edgeav.index import IndexWriter
 
         index = IndexWriter(args.index, bundle.embedding_size, bundle.bundle_id)
+    stages = ("decode", "preprocess", "embed", "decide")
     totals: dict[str, Any] = {"windows": 0, "events": 0, "alerts": 0, "frames_converted": 0,
-                              "times": {"decode": 0.0, "preprocess": 0.0, "embed": 0.0, "decide": 0.0}}
+                              "times": dict.fromkeys(stages, 0.0), "cpu": dict.fromkeys(stages, 0.0),
+                              "run_cpu": 0.0}
     reports: list[Any] = []  # one ReportSink per file with --report
     with atomic_output(args.out) as out_f, atomic_output(args.windows) as win_f, \
             atomic_output(args.report) as report_f:
@@ -190,6 +193,9 @@ def run(args: argparse.Namespace) -> int:
                 totals[key] += getattr(stats, key)
             for key, value in stats.times.as_dict().items():
                 totals["times"][key] += value
+            for key, value in stats.cpu.as_dict().items():
+                totals["cpu"][key] += value
+            totals["run_cpu"] += stats.run_cpu
         if report_f is not None:  # after every file, so similar moments can come from all of them
             from edgeav.report import render
 
@@ -201,6 +207,9 @@ def run(args: argparse.Namespace) -> int:
     if args.stats:
         with atomic_output(args.stats) as f:
             assert f is not None
+            totals["run_cpu"] = round(totals["run_cpu"], 4)
+            # Process CPU from start-up to here (imports, bundle loading, every file), for `edgeav bench`.
+            totals["process_cpu"] = round(time.process_time(), 4)
             json.dump(totals, f, indent=1)
     return 0
 
@@ -236,7 +245,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--report", metavar="REPORT.html",
                    help="write one self-contained HTML report: score timeline, alerts with frame and spectrogram, "
                         "and with --index each alert's most similar earlier moments")
-    p.add_argument("--stats", metavar="STATS.json", help="write counts and per-stage times as JSON")
+    p.add_argument("--stats", metavar="STATS.json",
+                   help="write counts, per-stage wall times (times) and thread CPU (cpu), the CPU of the files' "
+                        "processing (run_cpu, FFmpeg's decoder threads included) and of the whole process as JSON")
     p.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
                    help="with an mqtt config section: wait at most S seconds for the broker to acknowledge "
                         "everything queued (default 30); what is left is delivered by the next run")

@@ -44,6 +44,11 @@ def test_prefetched_replay_emits_exactly_the_serial_records(tiny_bundle: Path, f
         pipeline = CameraPipeline("cam", bundle, [sink], source_id=str(footage), batch_size=8)
         stats = run_file(footage, pipeline, prefetch=prefetch)
         got[prefetch] = (sink.records, stats.windows, stats.frames_converted)
+        # The CPU accounting `edgeav bench` prints: every stage charged, none twice (the process CPU of the run
+        # holds the four threads' shares and FFmpeg's decoder threads besides).
+        cpu = stats.cpu.as_dict()
+        assert all(cpu[stage] > 0 for stage in ("decode", "preprocess", "embed", "decide")), cpu
+        assert stats.run_cpu >= sum(cpu.values()), (stats.run_cpu, cpu)
     serial, threaded = got[False], got[True]
     assert serial[1] == 79 and serial[2] > 0  # 40 s: every window on the 0.5 s grid, frames converted
     assert threaded == serial, "background decoding must not change a single record"
