@@ -100,3 +100,27 @@ def test_replay_starts_without_the_other_commands_modules(tmp_path: Path) -> Non
     # Every other command, and the top-level help, still sees every command.
     proc = subprocess.run([sys.executable, "-m", "edgeav", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "replay" in proc.stdout and "config" in proc.stdout
+
+
+def test_bench_prints_the_floor_replay_and_where_the_cpu_goes() -> None:
+    import re
+
+    from tests.conftest import run_edgeav
+
+    proc = run_edgeav("bench", "--seconds", "3", "--width", "320", "--height", "180", "--repeat", "2", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in proc.stdout.splitlines()
+                if re.search(r"\S\s{2,}\S", line))
+
+    def seconds(row: str) -> float:
+        return float(re.match(r"([\d.]+) s", rows[row]).group(1))
+
+    floor_wall, replay_wall = seconds("ffmpeg decode-only (floor)"), seconds("edgeav replay (whole process)")
+    ratio = float(re.search(r"= ([\d.]+) x the floor", rows["edgeav replay (whole process)"]).group(1))
+    # The printed ratio is of the unrounded times: within the rounding of the two printed ones.
+    assert (replay_wall - 0.005) / (floor_wall + 0.005) - 0.01 <= ratio <= (replay_wall + 0.005) / (floor_wall - 0.005)
+    parts = [seconds(f"CPU: {stage}") for stage in ("start-up", "decode", "preprocess", "embed", "decide")]
+    assert all(p >= 0 for p in parts) and parts[1] > 0 and parts[3] > 0, rows
+    replay_cpu = float(re.search(r"([\d.]+) s CPU", rows["edgeav replay (whole process)"]).group(1))
+    assert sum(parts) <= replay_cpu + 0.05, (parts, replay_cpu)  # the parts are shares of the whole
+    assert "cores" in rows["machine"] and rows["windows"].startswith("5 ")
