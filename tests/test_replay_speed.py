@@ -6,6 +6,7 @@ handled. Start-up: `edgeav replay` builds its parser without importing the other
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -86,16 +87,22 @@ def test_a_consumer_that_stops_early_stops_and_closes_the_producer() -> None:
     assert not [t for t in set(threading.enumerate()) - before if t.name == "test-prefetch"]
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
 def test_replay_starts_without_the_other_commands_modules(tmp_path: Path) -> None:
     # pydantic and yaml (edgeav.config) cost ~0.1 s of CPU at every start; replay needs them only with --config.
-    code = ("import sys\nfrom edgeav.cli import main\n"
+    # And numpy's BLAS keeps to one thread (its spinning workers took CPU from the decoder): a matrix product
+    # after the run leaves the process with its main thread only.
+    code = ("import os, sys\nfrom edgeav.cli import main\n"
             "code = main(sys.argv[1:])\n"
             "heavy = ('pydantic', 'yaml', 'edgeav.config', 'edgeav.daemon')\n"
-            "print(code, sorted(m for m in heavy if m in sys.modules))")
+            "import numpy as np\na = np.ones((400, 400))\na @ a\n"
+            "print(code, sorted(m for m in heavy if m in sys.modules), len(os.listdir('/proc/self/task')))")
     missing = tmp_path / "missing.mp4"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
     for argv in (["replay", str(missing)], ["--log-level", "debug", "replay", str(missing)]):
-        proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
-        assert proc.stdout.split("\n")[-2] == "2 []", proc.stdout + proc.stderr
+        proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60,
+                              env=env)
+        assert proc.stdout.split("\n")[-2] == "2 [] 1", proc.stdout + proc.stderr
         assert proc.stderr.startswith("edgeav: error:") and "missing.mp4" in proc.stderr
     # Every other command, and the top-level help, still sees every command.
     proc = subprocess.run([sys.executable, "-m", "edgeav", "--help"], capture_output=True, text=True, timeout=60)
