@@ -28,7 +28,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +48,12 @@ MANIFEST_NAME = "manifest.json"
 AUDIO_INPUT = "audio"
 VIDEO_INPUT = "frames"
 EMBEDDING_OUTPUT = "embedding"
+# What an exported encoder gives: its embedding, the pre-projection features under it, and a summary of
+# what its front end saw (log-mel statistics / motion grid). The anomaly scorer may use any of them
+# (edgeav.calibrate); bundles exported before 0.2 have the embedding only.
+MODEL_OUTPUTS = (EMBEDDING_OUTPUT, "features", "summary")
+_FEATURE_SUFFIX = {EMBEDDING_OUTPUT: "", "features": "_pre", "summary": "_summary"}
+MODALITIES = ("audio", "video")
 PRECISIONS = ("fp32", "int8")
 # The joint embedding the event head and the anomaly memory see; see :func:`joint_embedding`.
 JOINT = "concat(audio, video)"
@@ -73,6 +79,16 @@ def joint_embedding(audio_emb: np.ndarray, video_emb: np.ndarray) -> np.ndarray:
     if a.shape != v.shape:
         raise ValueError(f"audio and video embeddings differ in shape: {a.shape} vs {v.shape}")
     return np.concatenate([a, v], axis=1)
+
+
+def feature_name(modality: str, output: str) -> str:
+    """A window feature's name: ``audio``/``video`` (embeddings), ``audio_pre``, ``video_summary``..."""
+    return modality + _FEATURE_SUFFIX[output]
+
+
+def feature_modalities(name: str) -> tuple[str, ...]:
+    """The modalities a feature needs (``joint`` needs both)."""
+    return MODALITIES if name == "joint" else (name.split("_", 1)[0],)
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
@@ -326,31 +342,81 @@ class Bundle:
     def joint_size(self) -> int:
         return 2 * self.embedding_size
 
-    def embed_audio(self, audio: np.ndarray) -> np.ndarray:
-        """Mono float32 windows ``[B, S]`` (S = samples per window) -> embeddings ``[B, D]``."""
+    @property
+    def features_available(self) -> tuple[str, ...]:
+        """Every window feature this bundle's models give (see :func:`feature_name`), and ``joint``."""
+        names = [feature_name(m, o) for m in MODALITIES for o in MODEL_OUTPUTS
+                 if o in self._outputs(m)]
+        return (*names, "joint")
+
+    @property
+    def feature_dims(self) -> dict[str, int]:
+        """The width of every feature the bundle gives (from the models' output shapes)."""
+        dims = {"joint": self.joint_size}
+        for m in MODALITIES:
+            session = self.audio_session if m == "audio" else self.video_session
+            for o in session.get_outputs():
+                if o.name in MODEL_OUTPUTS and len(o.shape) == 2 and isinstance(o.shape[1], int):
+                    dims[feature_name(m, o.name)] = int(o.shape[1])
+        return dims
+
+    def _outputs(self, modality: str) -> tuple[str, ...]:
+        session = self.audio_session if modality == "audio" else self.video_session
+        have = {o.name for o in session.get_outputs()}
+        return tuple(o for o in MODEL_OUTPUTS if o in have)
+
+    def run_audio(self, audio: np.ndarray, outputs: Sequence[str] = (EMBEDDING_OUTPUT,)) -> list[np.ndarray]:
+        """Mono float32 windows ``[B, S]`` (S = samples per window) -> the named model outputs."""
         a = np.ascontiguousarray(audio, dtype=np.float32)
         s = self.window_spec.samples_per_window
         if a.ndim != 2 or a.shape[1] != s:
             raise ValueError(f"audio windows must be [B, {s}] float32, got shape {a.shape}")
-        return self.audio_session.run([EMBEDDING_OUTPUT], {AUDIO_INPUT: a})[0]
+        return list(self.audio_session.run(list(outputs), {AUDIO_INPUT: a}))
 
-    def embed_video(self, frames: np.ndarray) -> np.ndarray:
-        """uint8 RGB windows ``[B, F, H, W, 3]`` -> embeddings ``[B, D]``."""
+    def run_video(self, frames: np.ndarray, outputs: Sequence[str] = (EMBEDDING_OUTPUT,)) -> list[np.ndarray]:
+        """uint8 RGB windows ``[B, F, H, W, 3]`` -> the named model outputs."""
         ws = self.window_spec
         want = (ws.frames_per_window, ws.frame_height, ws.frame_width, 3)
         if frames.ndim != 5 or tuple(frames.shape[1:]) != want or frames.dtype != np.uint8:
             raise ValueError(f"video windows must be uint8 [B, {', '.join(map(str, want))}], "
                              f"got {frames.dtype} {frames.shape}")
-        return self.video_session.run([EMBEDDING_OUTPUT], {VIDEO_INPUT: np.ascontiguousarray(frames)})[0]
+        return list(self.video_session.run(list(outputs), {VIDEO_INPUT: np.ascontiguousarray(frames)}))
+
+    def embed_audio(self, audio: np.ndarray) -> np.ndarray:
+        """Mono float32 windows ``[B, S]`` -> embeddings ``[B, D]``."""
+        return self.run_audio(audio)[0]
+
+    def embed_video(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 RGB windows ``[B, F, H, W, 3]`` -> embeddings ``[B, D]``."""
+        return self.run_video(frames)[0]
 
     def embed(self, audio: np.ndarray, frames: np.ndarray, batch: int = 64) -> np.ndarray:
         """Joint embeddings ``[B, 2D]`` (see :func:`joint_embedding`), in batches of at most ``batch``."""
-        out = []
+        return self.features(audio, frames, ("joint",), batch=batch)["joint"]
+
+    def features(self, audio: np.ndarray, frames: np.ndarray, names: Sequence[str] | None = None,
+                 batch: int = 64) -> dict[str, np.ndarray]:
+        """Named window features (default: every one available) of windows that have both modalities."""
+        want = tuple(self.features_available if names is None else names)
+        unknown = [n for n in want if n not in self.features_available]
+        if unknown:
+            raise UserError(f"{self.path}: bundle gives no {', '.join(unknown)} feature (it gives "
+                            f"{', '.join(self.features_available)}; re-export it with this version for more)")
+        parts: dict[str, list[np.ndarray]] = {n: [] for n in want}
+        per_modality = {m: [o for o in MODEL_OUTPUTS if any(
+            n == feature_name(m, o) or (n == "joint" and o == EMBEDDING_OUTPUT) for n in want)] for m in MODALITIES}
         for i in range(0, len(audio), batch):
-            out.append(joint_embedding(self.embed_audio(audio[i:i + batch]), self.embed_video(frames[i:i + batch])))
-        if not out:
-            return np.zeros((0, self.joint_size), dtype=np.float32)
-        return np.concatenate(out, axis=0)
+            got: dict[str, np.ndarray] = {}
+            for m, outs in per_modality.items():
+                if outs:
+                    run = self.run_audio if m == "audio" else self.run_video
+                    got.update(zip((feature_name(m, o) for o in outs),
+                                   run((audio if m == "audio" else frames)[i:i + batch], outs), strict=True))
+            for n in want:
+                parts[n].append(joint_embedding(got["audio"], got["video"]) if n == "joint" else got[n])
+        if not len(audio):
+            return {n: np.zeros((0, self.joint_size if n == "joint" else 0), np.float32) for n in want}
+        return {n: np.concatenate(v).astype(np.float32, copy=False) for n, v in parts.items()}
 
 
 def _check_session_shapes(bundle_dir: Path, name: str, session: Any, input_name: str, want: tuple[int, ...],
@@ -439,7 +505,7 @@ def load_bundle(path: str | Path | None = None, *, threads: int = 1, precision: 
         if isinstance(manifest.get("anomaly"), dict):
             from edgeav.calibrate import AnomalyMemory
 
-            bundle.anomaly = AnomalyMemory.from_bundle(d, manifest["anomaly"], embedding_size=emb)
+            bundle.anomaly = AnomalyMemory.from_bundle(d, manifest["anomaly"], dims=bundle.feature_dims)
     return bundle
 
 
@@ -450,9 +516,14 @@ class EmbeddedFootage:
     files: list[Path]
     t_starts: np.ndarray  # [N] seconds from each file's start
     file_index: np.ndarray  # [N] which of ``files`` the window comes from
-    joint: np.ndarray  # [N, 2D] see :func:`joint_embedding`
+    features: dict[str, np.ndarray]  # every feature the bundle gives (see Bundle.features), [N, ...] each
     labels: list[str]  # [N] segment label (``background`` where a file has no sidecar)
     anomalous: np.ndarray  # [N] bool: the sidecar marks the window anomalous
+
+    @property
+    def joint(self) -> np.ndarray:
+        """``[N, 2D]`` joint embeddings (see :func:`joint_embedding`)."""
+        return self.features["joint"]
 
 
 def embed_footage(bundle: Bundle, items: Iterable[str | Path], require_labels: bool,
@@ -478,15 +549,16 @@ def embed_footage(bundle: Bundle, items: Iterable[str | Path], require_labels: b
         else:
             sidecars.append(None)
     ws = bundle.window_spec
-    t_all, idx, joint, labels, anomalous = [], [], [], [], []
+    t_all, idx, feats, labels, anomalous = [], [], [], [], []
     for i, (f, lab) in enumerate(zip(files, sidecars, strict=True)):
         w = media.footage_windows(f, ws)
         t_all.append(w.t_starts)
         idx.append(np.full(len(w), i, dtype=np.int64))
-        joint.append(bundle.embed(w.audio, w.frames, batch=batch))
+        feats.append(bundle.features(w.audio, w.frames, batch=batch))
         for t in w.t_starts:
             t0, t1 = float(t), float(t) + ws.window_s
             labels.append(lab.segment_label(t0, t1) if lab else BACKGROUND)
             anomalous.append(bool(lab and lab.segment_is_anomaly(t0, t1)))
     return EmbeddedFootage(files=files, t_starts=np.concatenate(t_all), file_index=np.concatenate(idx),
-                           joint=np.concatenate(joint), labels=labels, anomalous=np.array(anomalous, dtype=bool))
+                           features={n: np.concatenate([f[n] for f in feats]) for n in feats[0]},
+                           labels=labels, anomalous=np.array(anomalous, dtype=bool))

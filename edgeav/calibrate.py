@@ -1,7 +1,10 @@
 """The site's normal memory and its anomaly threshold (``edgeav calibrate``), without torch.
 
 Score: the mean Euclidean distance from a window's features to its ``k`` nearest neighbours in a
-memory of normal windows (design.md section 3: kNN distance to the site's normal embeddings).
+memory of normal windows (design.md section 3: kNN distance to the site's normal embeddings), per
+feature (a part: the embeddings, the pre-projection features, or the summaries of what the models'
+front ends saw), each part rescaled by its own normal scores, and the largest part taken
+(:class:`ScorerPart`). Which features: measured (README, "Anomaly features"; ``--features auto``).
 
 Memory: bounded by a greedy k-center coreset (each new point is the one farthest from those already
 kept), so a few hours of footage fit in a few MB and the rare-but-normal moments survive the
@@ -31,21 +34,13 @@ from edgeav.errors import UserError
 
 log = logging.getLogger("edgeav.calibrate")
 
-MEMORY_FORMAT = "edgeav.anomaly_memory/1"
-FEATURES = ("joint", "audio", "video")
-
-
-def select_features(joint: np.ndarray, features: str) -> np.ndarray:
-    """The part of :func:`edgeav.bundle.joint_embedding` the anomaly memory uses: all, audio half or video half."""
-    j = np.asarray(joint, dtype=np.float32)
-    half = j.shape[1] // 2
-    if features == "joint":
-        return j
-    if features == "audio":
-        return j[:, :half]
-    if features == "video":
-        return j[:, half:]
-    raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
+MEMORY_FORMAT = "edgeav.anomaly_memory/2"
+LEGACY_FORMAT = "edgeav.anomaly_memory/1"  # one joint/audio/video embedding memory, raw distances
+# The features a part may use: see edgeav.bundle.feature_name (embeddings, pre-projection, front-end summary).
+FEATURES = ("joint", "audio", "video", "audio_pre", "video_pre", "audio_summary", "video_summary")
+# Measured best at a held-out synth site (README, "Anomaly features"); used when the bundle gives them.
+DEFAULT_FEATURES = ("audio_summary", "video_summary")
+SPREAD_QUANTILE = 0.99  # a part's normal scores are rescaled so that median -> 0 and this quantile -> 1
 
 
 def knn_scores(x: np.ndarray, memory: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
@@ -118,28 +113,95 @@ def alarm_onsets(scores: np.ndarray, threshold: float) -> int:
 
 
 @dataclass
-class AnomalyMemory:
-    """kNN anomaly scorer: ``score(joint) -> [B]``; ``score >= threshold`` is anomalous."""
+class ScorerPart:
+    """kNN distance on one feature, rescaled so that the parts of a memory are comparable.
 
-    memory: np.ndarray  # [M, d] float32
-    k: int
-    threshold: float
-    features: str
+    Features are standardised per dimension with the normal footage's statistics (a log-mel band and a
+    motion cell have nothing in common in scale), and a part's score is its distance rescaled by its own
+    out-of-fold normal scores: ``(d - median) / (q99 - median)``. The memory's score is the largest
+    part's: a scream is unusual sound over a usual picture, and averaging would dilute it.
+    """
+
+    feature: str
+    memory: np.ndarray  # [M, d] float32, standardised
+    mean: np.ndarray  # [d]
+    scale: np.ndarray  # [d]
+    centre: float
+    spread: float
 
     def __post_init__(self) -> None:
         self._memory64 = np.asarray(self.memory, dtype=np.float64)  # converted once, not per window
 
-    def score(self, joint: np.ndarray) -> np.ndarray:
-        """Joint embeddings ``[B, 2D]`` -> anomaly scores ``[B]`` (higher is more unusual)."""
-        return knn_scores(select_features(joint, self.features), self._memory64, self.k)
+    def distances(self, x: np.ndarray, k: int) -> np.ndarray:
+        return knn_scores((np.asarray(x, dtype=np.float64) - self.mean) / self.scale, self._memory64, k)
 
-    def is_anomalous(self, joint: np.ndarray) -> np.ndarray:
-        return self.score(joint) >= self.threshold
+    def scores(self, x: np.ndarray, k: int) -> np.ndarray:
+        return ((self.distances(x, k) - self.centre) / self.spread).astype(np.float32)
+
+
+def standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and scale; the scale is floored so a dimension that never moved on normal
+    footage cannot turn its first small change into an enormous distance."""
+    mean = x.mean(axis=0)
+    sd = x.std(axis=0)
+    return mean.astype(np.float32), np.maximum(sd, 0.1 * float(np.median(sd)) + 1e-6).astype(np.float32)
+
+
+def fit_part(feature: str, x: np.ndarray, k: int, memory_size: int) -> tuple[ScorerPart, np.ndarray]:
+    """A part from normal windows ``x`` in time order, and its out-of-fold (honest) normal scores."""
+    mean, scale = standardisation(np.asarray(x, dtype=np.float64))
+    z = (np.asarray(x, dtype=np.float64) - mean) / scale
+    oof = out_of_fold_scores(z, k, memory_size).astype(np.float64)
+    centre = float(np.median(oof))
+    spread = max(float(np.quantile(oof, SPREAD_QUANTILE)) - centre, 1e-9)
+    part = ScorerPart(feature=feature, memory=z[greedy_k_center(z, memory_size)].astype(np.float32),
+                      mean=mean, scale=scale, centre=centre, spread=spread)
+    return part, ((oof - centre) / spread).astype(np.float32)
+
+
+@dataclass
+class AnomalyMemory:
+    """kNN anomaly scorer over one or more features: ``score(features) -> [B]``; ``>= threshold`` is anomalous."""
+
+    parts: list[ScorerPart]
+    k: int
+    threshold: float
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return tuple(p.feature for p in self.parts)
+
+    @classmethod
+    def single(cls, feature: str, memory: np.ndarray, k: int, threshold: float) -> AnomalyMemory:
+        """Raw kNN distances on one feature, neither standardised nor rescaled (a version-1 memory)."""
+        mem = np.asarray(memory, dtype=np.float32)
+        d = mem.shape[1] if mem.ndim == 2 else 0
+        return cls([ScorerPart(feature, mem, np.zeros(d, np.float32), np.ones(d, np.float32), 0.0, 1.0)], k, threshold)
+
+    def score(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        """Window features by name (rows of NaN where a window lacks that feature's modality) -> scores [B].
+
+        The largest part's score; NaN for a window none of whose parts could be scored.
+        """
+        n = len(next(iter(features.values())))
+        out = np.full(n, np.nan, np.float32)
+        for part in self.parts:
+            x = np.asarray(features[part.feature])
+            ok = np.isfinite(x).all(axis=1)
+            if ok.any():
+                s = part.scores(x[ok], self.k)
+                out[ok] = np.fmax(out[ok], s)
+        return out
 
     def save(self, path: str | Path) -> None:
+        arrays: dict[str, np.ndarray] = {"format": np.array(MEMORY_FORMAT), "k": np.array(self.k),
+                                         "threshold": np.array(self.threshold),
+                                         "features": np.array(list(self.features))}
+        for i, p in enumerate(self.parts):
+            arrays.update({f"memory_{i}": p.memory.astype(np.float32), f"mean_{i}": p.mean, f"scale_{i}": p.scale,
+                           f"centre_{i}": np.array(p.centre), f"spread_{i}": np.array(p.spread)})
         with open(path, "wb") as f:
-            np.savez(f, format=np.array(MEMORY_FORMAT), memory=self.memory.astype(np.float32),
-                     k=np.array(self.k), threshold=np.array(self.threshold), features=np.array(self.features))
+            np.savez(f, **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> AnomalyMemory:
@@ -149,28 +211,49 @@ class AnomalyMemory:
                 data = {key: z[key] for key in z.files}
         except (OSError, ValueError, EOFError) as exc:
             raise UserError(f"{p}: not a readable anomaly memory ({exc})") from None
-        missing = [key for key in ("format", "memory", "k", "threshold", "features") if key not in data]
+        fmt = str(data.get("format", ""))
+        if fmt not in (MEMORY_FORMAT, LEGACY_FORMAT):
+            raise UserError(f"{p}: anomaly memory format {fmt!r} is not {MEMORY_FORMAT!r}")
+        want = ["k", "threshold", "features"]
+        if fmt == LEGACY_FORMAT:
+            want.append("memory")
+        else:
+            n = int(np.atleast_1d(data.get("features", np.array([]))).size)
+            want += [f"{key}_{i}" for i in range(n) for key in ("memory", "mean", "scale", "centre", "spread")]
+        missing = [key for key in want if key not in data]
         if missing:
             raise UserError(f"{p}: anomaly memory lacks {', '.join(missing)}")
-        if str(data["format"]) != MEMORY_FORMAT:
-            raise UserError(f"{p}: anomaly memory format {str(data['format'])!r} is not {MEMORY_FORMAT!r}")
-        mem = data["memory"]
-        if mem.ndim != 2 or len(mem) == 0 or str(data["features"]) not in FEATURES:
-            raise UserError(f"{p}: anomaly memory is empty or malformed")
-        return cls(memory=mem.astype(np.float32), k=int(data["k"]), threshold=float(data["threshold"]),
-                   features=str(data["features"]))
+        names = [str(f) for f in np.atleast_1d(data["features"])]
+        if not names or any(f not in FEATURES for f in names):
+            raise UserError(f"{p}: anomaly memory names unknown features {names}")
+        if fmt == LEGACY_FORMAT:  # raw distances on one embedding: the same scores as before
+            return cls.single(names[0], data["memory"], int(data["k"]), float(data["threshold"]))
+        else:
+            parts = [ScorerPart(f, data[f"memory_{i}"].astype(np.float32), data[f"mean_{i}"].astype(np.float32),
+                                data[f"scale_{i}"].astype(np.float32), float(data[f"centre_{i}"]),
+                                float(data[f"spread_{i}"])) for i, f in enumerate(names)]
+        for part in parts:
+            m = part.memory
+            if m.ndim != 2 or len(m) == 0 or part.mean.shape != (m.shape[1],) or part.scale.shape != (m.shape[1],) \
+                    or not (part.scale > 0).all() or not part.spread > 0:
+                raise UserError(f"{p}: anomaly memory part {part.feature!r} is empty or malformed")
+        return cls(parts=parts, k=int(data["k"]), threshold=float(data["threshold"]))
 
     @classmethod
-    def from_bundle(cls, bundle_dir: Path, section: dict[str, Any], embedding_size: int) -> AnomalyMemory:
-        """Load the memory a manifest's ``anomaly`` section names and check it fits the bundle's encoders."""
+    def from_bundle(cls, bundle_dir: Path, section: dict[str, Any], dims: dict[str, int]) -> AnomalyMemory:
+        """Load the memory a manifest's ``anomaly`` section names and check it fits the bundle's models
+        (``dims``: the width of every feature the bundle gives)."""
         name = section.get("memory")
         if not isinstance(name, str):
             raise UserError(f"{bundle_dir / 'manifest.json'}: anomaly.memory: {name!r} is not a file name")
         mem = cls.load(bundle_dir / name)
-        want = embedding_size * (2 if mem.features == "joint" else 1)
-        if mem.memory.shape[1] != want:
-            raise UserError(f"{bundle_dir / name}: memory holds {mem.memory.shape[1]}-d {mem.features} features but "
-                            f"the bundle's encoders give {want} (memory from another bundle?)")
+        for part in mem.parts:
+            if part.feature not in dims:
+                raise UserError(f"{bundle_dir / name}: memory uses the {part.feature} feature, which this bundle's "
+                                f"models do not give (memory from another bundle?)")
+            if part.memory.shape[1] != dims[part.feature]:
+                raise UserError(f"{bundle_dir / name}: memory holds {part.memory.shape[1]}-d {part.feature} features "
+                                f"but the bundle's models give {dims[part.feature]} (memory from another bundle?)")
         if abs(float(section.get("threshold", mem.threshold)) - mem.threshold) > 1e-9 * max(1.0, abs(mem.threshold)):
             raise UserError(f"{bundle_dir / name}: threshold {mem.threshold} differs from the manifest's "
                             f"anomaly.threshold {section.get('threshold')}")
@@ -195,39 +278,23 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
     return float((ranks[pos].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
 
 
-def compare_features(normal: np.ndarray, validation: np.ndarray, anomalous: np.ndarray, k: int,
-                     memory_size: int) -> dict[str, float | None]:
-    """Anomaly AUROC on labelled validation windows of a memory of ``normal`` windows, per feature set.
-
-    design.md section 3: the scorer uses the features that measure best on the site, and which
-    ones do differs (video features can be swamped by a scene they never saw, audio by wind).
-    """
-    out: dict[str, float | None] = {}
-    for features in FEATURES:
-        f = select_features(normal, features)
-        mem = f[greedy_k_center(f, memory_size)]
-        au = auroc(knn_scores(select_features(validation, features), mem, k), anomalous)
-        out[features] = round(au, 4) if au is not None else None
-    return out
-
-
-def calibrate(x: np.ndarray, hop_s: float, false_alarms_per_hour: float, k: int = 3, memory_size: int = 2000,
-              features: str = "joint") -> tuple[AnomalyMemory, dict[str, Any]]:
-    """Build the memory and threshold from normal joint embeddings ``x`` in time order."""
-    f = select_features(x, features)
-    if len(f) < 4 * (k + 1):
-        raise UserError(f"calibrate: only {len(f)} normal windows; need at least {4 * (k + 1)} "
+def calibrate(features: dict[str, np.ndarray], names: tuple[str, ...], hop_s: float, false_alarms_per_hour: float,
+              k: int = 3, memory_size: int = 2000) -> tuple[AnomalyMemory, dict[str, Any]]:
+    """Build the memory and threshold from normal windows' ``features`` (by name, time order) on ``names``."""
+    n = len(features[names[0]])
+    if n < 4 * (k + 1):
+        raise UserError(f"calibrate: only {n} normal windows; need at least {4 * (k + 1)} "
                         "(give more normal footage)")
-    oof = out_of_fold_scores(f, k, memory_size)
+    parts, oofs = zip(*(fit_part(name, features[name], k, memory_size) for name in names), strict=True)
+    oof = np.max(np.stack(oofs), axis=0)
     threshold, method = threshold_for_rate(oof, false_alarms_per_hour, hop_s)
-    keep = greedy_k_center(f, memory_size)
-    mem = AnomalyMemory(memory=f[keep].astype(np.float32), k=k, threshold=threshold, features=features)
-    hours = len(f) * hop_s / 3600.0
+    mem = AnomalyMemory(parts=list(parts), k=k, threshold=threshold)
+    hours = n * hop_s / 3600.0
     onsets = alarm_onsets(oof, threshold)
     metrics = {
-        "normal_windows": len(f),
+        "normal_windows": n,
         "normal_hours": round(hours, 4),
-        "memory_size": len(keep),
+        "memory_size": max(len(p.memory) for p in parts),
         "threshold_method": method,
         "normal_score_p50": round(float(np.median(oof)), 6),
         "normal_score_max": round(float(oof.max()), 6),
@@ -235,6 +302,59 @@ def calibrate(x: np.ndarray, hop_s: float, false_alarms_per_hour: float, k: int 
         "calibration_false_alarms_per_hour": round(onsets / hours, 3) if hours > 0 else None,
     }
     return mem, metrics
+
+
+def incidents_caught(scores: np.ndarray, anomalous: np.ndarray, file_index: np.ndarray,
+                     threshold: float) -> tuple[int, int, int]:
+    """``(caught, anomalies, false alarms)`` over labelled windows: an anomaly (a run of anomalous windows)
+    is caught when one of its windows, or a neighbour, reaches the threshold; a false alarm is a run of
+    windows at or above it that touches no anomaly."""
+    above = np.asarray(scores) >= threshold
+    caught = total = false = 0
+    for f in np.unique(file_index):
+        sel = np.flatnonzero(file_index == f)
+        a, up = np.asarray(anomalous)[sel], above[sel]
+        near = a | np.r_[a[1:], False] | np.r_[False, a[:-1]]  # windows half over an anomaly belong to it
+        for run_mask in (a, up):
+            starts = np.flatnonzero(run_mask & ~np.r_[False, run_mask[:-1]])
+            ends = np.flatnonzero(run_mask & ~np.r_[run_mask[1:], False]) + 1
+            for s0, e0 in zip(starts, ends, strict=True):
+                lo, hi = max(s0 - 1, 0), min(e0 + 1, len(a))
+                if run_mask is a:
+                    total += 1
+                    caught += bool(up[lo:hi].any())
+                elif not near[s0:e0].any():
+                    false += 1
+    return caught, total, false
+
+
+def candidate_feature_sets(available: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """What ``--features auto`` compares: every single feature, and every audio feature with every video one."""
+    have = [f for f in FEATURES if f in available]
+    audio = [f for f in have if f.startswith("audio")]
+    video = [f for f in have if f.startswith("video")]
+    return [(f,) for f in have] + [(a, v) for a in audio for v in video]
+
+
+def choose_features(normal: dict[str, np.ndarray], validation: Any, hop_s: float, false_alarms_per_hour: float,
+                    k: int, memory_size: int) -> tuple[tuple[str, ...], list[dict[str, Any]]]:
+    """Calibrate each candidate feature set on ``normal`` and replay it over the labelled ``validation``
+    windows (:class:`edgeav.bundle.EmbeddedFootage`): the set that catches the most anomalies net of false
+    alarms at its own calibrated threshold wins, AUROC breaking ties.
+
+    design.md section 3: the scorer uses the features that measure best on the site, and which ones do
+    differs (video features can be swamped by a scene they never saw, audio by wind).
+    """
+    rows = []
+    for names in candidate_feature_sets(tuple(normal)):
+        mem, _ = calibrate(normal, names, hop_s, false_alarms_per_hour, k, memory_size)
+        s = mem.score({n: validation.features[n] for n in names})
+        caught, total, false = incidents_caught(s, validation.anomalous, validation.file_index, mem.threshold)
+        au = auroc(s, validation.anomalous)
+        rows.append({"features": list(names), "caught": caught, "anomalies": total, "false_alarms": false,
+                     "auroc": None if au is None else round(au, 4)})
+    best = max(rows, key=lambda r: (r["caught"] - r["false_alarms"], r["auroc"] or 0.0))
+    return tuple(best["features"]), rows
 
 
 def run(args: argparse.Namespace) -> int:
@@ -249,39 +369,47 @@ def run(args: argparse.Namespace) -> int:
     d = writable_bundle_dir(args.models, "calibrate")
     bundle = load_bundle(d, threads=args.threads, with_heads=False)
     emb = embed_footage(bundle, args.footage, require_labels=False)
-    x, paths = emb.joint, emb.files
+    paths = emb.files
     mask = ~emb.anomalous
     dropped = int((~mask).sum())
     if dropped:
         log.info("calibrate: leaving out %d windows that the sidecars mark anomalous", dropped)
-    features, comparison = args.features, None
-    if features == "auto":
+    normal = {name: x[mask] for name, x in emb.features.items()}
+    hop = bundle.window_spec.hop_s
+    comparison = None
+    if args.features == "auto":
         val = embed_footage(bundle, args.validate, require_labels=True)
         if not val.anomalous.any() or val.anomalous.all():
             raise UserError(f"--validate {' '.join(args.validate)}: the sidecars must mark some windows anomalous "
                             "and some not, to compare features")
-        comparison = compare_features(x[mask], val.joint, val.anomalous, args.k, args.memory_size)
-        measured = {f: a for f, a in comparison.items() if a is not None}
-        features = max(measured, key=lambda f: measured[f]) if measured else "joint"
-        print(f"calibrate: anomaly AUROC on the validation footage: "
-              f"{', '.join(f'{f} {a}' for f, a in comparison.items())}; using {features}")
-    mem, metrics = calibrate(x[mask], bundle.window_spec.hop_s, args.false_alarms_per_hour, k=args.k,
-                             memory_size=args.memory_size, features=features)
+        names, comparison = choose_features(normal, val, hop, args.false_alarms_per_hour, args.k, args.memory_size)
+        print("calibrate: on the validation footage (caught/anomalies, false alarms, AUROC): " + "; ".join(
+            f"{'+'.join(r['features'])} {r['caught']}/{r['anomalies']}, {r['false_alarms']}, {r['auroc']}"
+            for r in comparison) + f"; using {'+'.join(names)}")
+    elif args.features:
+        names = tuple(f.strip() for f in args.features.split(",") if f.strip())
+        bad = [f for f in names if f not in emb.features]
+        if bad or not names:
+            raise UserError(f"--features {args.features}: {', '.join(bad) or 'empty'} is not a feature this bundle "
+                            f"gives ({', '.join(emb.features)}, or auto)")
+    else:
+        names = DEFAULT_FEATURES if all(f in emb.features for f in DEFAULT_FEATURES) else ("joint",)
+    mem, metrics = calibrate(normal, names, hop, args.false_alarms_per_hour, k=args.k, memory_size=args.memory_size)
     metrics["windows_marked_anomalous_left_out"] = dropped
     if comparison is not None:
-        metrics["feature_selection"] = {"validation_footage": [str(p) for p in val.files],
-                                        "validation_auroc": comparison}
+        metrics["feature_selection"] = {"validation_footage": [str(p) for p in val.files], "candidates": comparison}
     if metrics["threshold_method"].startswith("exponential"):
         need_min = 300.0 / args.false_alarms_per_hour  # n * p >= 5 windows above it, in minutes
         log.warning("calibrate: %.1f min of normal footage is too short to observe %g false alarms/hour; the threshold "
                     "is extrapolated from the score tail (about %.0f min would measure it directly)",
                     metrics["normal_hours"] * 60, args.false_alarms_per_hour, need_min)
     written = replace_part(d, bundle.manifest, "anomaly", mem.save, file_field="memory", section={
-        "score": "mean Euclidean distance to the k nearest normal windows",
+        "score": "largest over features of the mean distance to the k nearest normal windows (standardised "
+                 "features), each rescaled by its normal scores: median 0, 99th percentile 1",
         "k": mem.k,
         "threshold": mem.threshold,
         "false_alarms_per_hour": args.false_alarms_per_hour,
-        "features": mem.features,
+        "features": list(mem.features),
         "precision": bundle.precision,
         "footage": [str(p) for p in paths],
         "metrics": metrics,
@@ -303,9 +431,10 @@ def register(subparsers: Any) -> None:
                    help="target false alarms per hour on normal footage (default 1.0)")
     p.add_argument("--k", type=int, default=3, help="neighbours averaged in the score (default 3)")
     p.add_argument("--memory-size", type=int, default=2000, help="most normal windows kept (default 2000)")
-    p.add_argument("--features", choices=[*FEATURES, "auto"], default="joint",
-                   help="which embedding the memory holds (default joint = audio and video); auto: the one with "
-                        "the best anomaly AUROC on --validate footage")
+    p.add_argument("--features", default=None, metavar="NAMES",
+                   help=f"comma-separated features the memory scores ({', '.join(FEATURES)}); default "
+                        f"{','.join(DEFAULT_FEATURES)} where the bundle gives them, else joint; auto: the set that "
+                        "catches most anomalies net of false alarms on --validate footage")
     p.add_argument("--validate", nargs="+", default=None, metavar="FOOTAGE",
                    help="labelled footage with anomalies (sidecars) to choose --features auto on")
     p.add_argument("--threads", type=int, default=2, help="onnxruntime threads (default 2)")

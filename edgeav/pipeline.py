@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from edgeav.bundle import Bundle, joint_embedding
+from edgeav.bundle import EMBEDDING_OUTPUT, MODALITIES, MODEL_OUTPUTS, Bundle, feature_name, joint_embedding
 from edgeav.decide import AnomalyDecider, AnomalyParams, EventLocalizer, EventParams
 from edgeav.index import IndexWriter
 from edgeav.labels import BACKGROUND
@@ -124,6 +124,7 @@ class CameraPipeline:
             params = replace(params, class_thresholds=thresholds)
         self.localizer = EventLocalizer(self.class_names, params) if head is not None else None
         self.decider = None
+        self._anomaly_features = bundle.anomaly.features if bundle.anomaly is not None else ()
         if bundle.anomaly is not None:
             base = anomaly or AnomalyParams()
             threshold = bundle.anomaly.threshold if base.threshold is None else base.threshold
@@ -154,33 +155,44 @@ class CameraPipeline:
             self.stats.add("decide", t0, c0)
 
     # ----------------------------------------------------------------- processing
-    def _embed(self, windows: list[Window]) -> tuple[np.ndarray | None, np.ndarray | None, list[int], list[int]]:
-        ia = [i for i, w in enumerate(windows) if w.audio is not None]
-        iv = [i for i, w in enumerate(windows) if w.frames is not None]
+    def _embed(self, windows: list[Window]) -> dict[str, np.ndarray]:
+        """Every feature the pipeline uses, ``[len(windows), ...]`` each; NaN rows where a window lacks
+        the feature's modality."""
         t0, c0 = time.perf_counter(), time.thread_time()
-        ea = self.bundle.embed_audio(np.stack([windows[i].audio for i in ia])) if ia else None
-        ev = self.bundle.embed_video(np.stack([windows[i].frames for i in iv])) if iv else None
+        out: dict[str, np.ndarray] = {}
+        for m in MODALITIES:
+            idx = [i for i, w in enumerate(windows) if (w.audio if m == AUDIO else w.frames) is not None]
+            outputs = [o for o in MODEL_OUTPUTS
+                       if o == EMBEDDING_OUTPUT or feature_name(m, o) in self._anomaly_features]
+            got: list[np.ndarray] | None = None
+            if idx and m == AUDIO:
+                got = self.bundle.run_audio(np.stack([windows[i].audio for i in idx]), outputs)
+            elif idx:
+                got = self.bundle.run_video(np.stack([windows[i].frames for i in idx]), outputs)
+            for j, o in enumerate(outputs):
+                width = got[j].shape[1] if got is not None else self.bundle.feature_dims.get(feature_name(m, o), 1)
+                full = np.full((len(windows), width), np.nan, np.float32)
+                if got is not None:
+                    full[idx] = got[j]
+                out[feature_name(m, o)] = full
         self.stats.add("embed", t0, c0)
-        return ea, ev, ia, iv
+        return out
 
     def _process(self, windows: list[Window]) -> None:
-        n = len(windows)
-        ea, ev, ia, iv = self._embed(windows)
+        feats = self._embed(windows)
         t0, c0 = time.perf_counter(), time.thread_time()
-        d = self.bundle.embedding_size
-        audio_emb = np.zeros((n, d), np.float32)
-        video_emb = np.zeros((n, d), np.float32)
-        if ea is not None:
-            audio_emb[ia] = ea
-        if ev is not None:
-            video_emb[iv] = ev
+        # A missing modality's embedding is zero for the index and the event head, NaN for the anomaly scorer.
+        audio_emb = np.nan_to_num(feats[AUDIO], nan=0.0)
+        video_emb = np.nan_to_num(feats[VIDEO], nan=0.0)
         both = np.array([w.audio is not None and w.frames is not None for w in windows])
         joint = joint_embedding(audio_emb, video_emb)
+        feats["joint"] = np.where(both[:, None], joint, np.nan).astype(np.float32)
         if self.index is not None:
             self.index.add(self._index_source, np.array([w.t_start for w in windows]),
                            np.array([w.t_end for w in windows]), audio_emb, video_emb)
         probs = self.bundle.event_head.predict_proba(joint) if self.bundle.event_head is not None else None
-        scores = self._anomaly_scores(joint, windows)
+        mem = self.bundle.anomaly
+        scores = mem.score({f: feats[f] for f in mem.features}) if mem is not None else None
         for i, w in enumerate(windows):
             self.stats.windows += 1
             self.stats.missing_audio += AUDIO in w.missing
@@ -208,17 +220,6 @@ class CameraPipeline:
                     for sink in self.sinks:
                         sink.alert(rec)
         self.stats.add("decide", t0, c0)
-
-    def _anomaly_scores(self, joint: np.ndarray, windows: list[Window]) -> np.ndarray | None:
-        mem = self.bundle.anomaly
-        if mem is None:
-            return None
-        need = {"joint": (AUDIO, VIDEO), "audio": (AUDIO,), "video": (VIDEO,)}[mem.features]
-        ok = np.array([not any(m in w.missing for m in need) for w in windows])
-        out = np.full(len(windows), np.nan, np.float32)
-        if ok.any():
-            out[ok] = mem.score(joint[ok])
-        return out
 
     def _emit_event(self, change: Any) -> None:
         if change.label == BACKGROUND:

@@ -78,7 +78,7 @@ def held_out_metrics(bundle_dir: Path, footage: list[Path]) -> dict[str, Any]:
         out["segment_accuracy"] = round(float((pred == y).mean()), 4)
         out["majority_class_accuracy"] = round(float((y == "background").mean()), 4)
     if b.anomaly is not None:
-        scores = b.anomaly.score(emb.joint)
+        scores = b.anomaly.score(emb.features)
         au = auroc(scores, emb.anomalous)
         out["anomaly_auroc"] = round(au, 4) if au is not None else None
         out["anomalous_windows"] = int(emb.anomalous.sum())

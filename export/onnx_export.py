@@ -99,7 +99,18 @@ def _parity_footage(given: list[str], summary: dict[str, Any], tmp: Path, spec: 
 
 
 def _export_one(module: Any, example: Any, path: Path, input_name: str) -> None:
+    """One encoder as ONNX with the outputs the runtime reads (:data:`edgeav.bundle.MODEL_OUTPUTS`)."""
     import torch
+
+    from edgeav.bundle import MODEL_OUTPUTS
+
+    class AllOutputs(torch.nn.Module):
+        def __init__(self, encoder: Any) -> None:
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, x: Any) -> Any:
+            return self.encoder.all_outputs(x)
 
     batch = torch.export.Dim("batch", min=1, max=1024)
     captured = io.StringIO()
@@ -108,7 +119,8 @@ def _export_one(module: Any, example: Any, path: Path, input_name: str) -> None:
             _quiet_loggers("torch.onnx", "torch.export", "onnxscript", "onnx_ir"):
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(module, (example,), str(path), input_names=[input_name], output_names=["embedding"],
+            torch.onnx.export(AllOutputs(module).eval(), (example,), str(path), input_names=[input_name],
+                              output_names=list(MODEL_OUTPUTS),
                               opset_version=OPSET, dynamic_shapes=({0: batch},), dynamo=True, external_data=False,
                               verbose=False)
         except Exception as exc:

@@ -78,7 +78,7 @@ def make_alert_bundle(d: Path, seed: int = 3) -> Path:
     blue, red = video_embedding(BLUE), video_embedding(RED)
     gap = float(np.linalg.norm(red - blue))
     assert gap > 0.2, "the toy encoder does not tell red from blue"
-    mem = AnomalyMemory(memory=blue[None].astype(np.float32), k=1, threshold=gap / 2, features="video")
+    mem = AnomalyMemory.single("video", blue[None], k=1, threshold=gap / 2)
     name = add_content_named_file(d, "anomaly", mem.save)
     manifest = dict(read_manifest(d))
     manifest["anomaly"] = {"memory": name, "k": 1, "threshold": mem.threshold, "features": "video"}

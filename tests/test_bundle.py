@@ -200,7 +200,7 @@ def test_parts_that_do_not_fit_are_refused(toy, tmp_path):
     with pytest.raises(UserError, match=rf"{name}: event head takes 32 features but the bundle's encoders give 16"):
         load_bundle(d)
     # A memory holding the wrong size of features, likewise.
-    mem = AnomalyMemory(rng.standard_normal((10, 5)).astype(np.float32), k=2, threshold=1.0, features="joint")
+    mem = AnomalyMemory.single("joint", rng.standard_normal((10, 5)), k=2, threshold=1.0)
     mname = add_content_named_file(d, "anomaly", mem.save)
     write_manifest(d, {**m, "anomaly": {"memory": mname, "threshold": 1.0}})
     with pytest.raises(UserError, match=rf"{mname}: memory holds 5-d joint features"):
@@ -214,7 +214,7 @@ def test_heads_load_without_pickle_and_round_trip(toy):
     head = EventHead(["background", "car", "dog"], rng.standard_normal((2 * D, 3)).astype(np.float32),
                      rng.standard_normal(3).astype(np.float32), np.zeros(2 * D, np.float32),
                      np.ones(2 * D, np.float32), np.array([0.5, 0.6, 0.7], np.float32))
-    mem = AnomalyMemory(rng.standard_normal((20, 2 * D)).astype(np.float32), k=3, threshold=0.8, features="joint")
+    mem = AnomalyMemory.single("joint", rng.standard_normal((20, 2 * D)), k=3, threshold=0.8)
     hname = add_content_named_file(d, "events", head.save)
     mname = add_content_named_file(d, "anomaly", mem.save)
     write_manifest(d, {**m, "events": {"head": hname, "class_names": head.class_names},
@@ -224,7 +224,7 @@ def test_heads_load_without_pickle_and_round_trip(toy):
     x = rng.standard_normal((4, 2 * D)).astype(np.float32)
     np.testing.assert_allclose(b.event_head.predict_proba(x), head.predict_proba(x), atol=1e-6)
     assert b.event_head.class_names == ["background", "car", "dog"]
-    np.testing.assert_allclose(b.anomaly.score(x), mem.score(x), atol=1e-6)
+    np.testing.assert_allclose(b.anomaly.score({"joint": x}), mem.score({"joint": x}), atol=1e-6)
     # The stored files hold no pickled objects: numpy refuses pickles when allow_pickle=False.
     for name in (hname, mname):
         with np.load(d / name, allow_pickle=False) as z:
@@ -253,7 +253,7 @@ def test_default_bundle_ships_verified_and_complete():
     assert b.manifest["recipe"].startswith("python -m export.default_bundle")
     rng = np.random.default_rng(0)
     ws = b.window_spec
-    joint = b.embed(rng.standard_normal((2, ws.samples_per_window)).astype(np.float32) * 0.1,
-                    rng.integers(0, 256, (2, ws.frames_per_window, ws.frame_height, ws.frame_width, 3), np.uint8))
-    assert b.event_head.predict_proba(joint).shape == (2, len(b.event_head.class_names))
-    assert b.anomaly.score(joint).shape == (2,)
+    feats = b.features(rng.standard_normal((2, ws.samples_per_window)).astype(np.float32) * 0.1,
+                       rng.integers(0, 256, (2, ws.frames_per_window, ws.frame_height, ws.frame_width, 3), np.uint8))
+    assert b.event_head.predict_proba(feats["joint"]).shape == (2, len(b.event_head.class_names))
+    assert np.isfinite(b.anomaly.score(feats)).all() and b.anomaly.score(feats).shape == (2,)

@@ -87,22 +87,46 @@ def test_threshold_meets_the_false_alarm_rate(n):
     assert target / 3 <= rate <= target * 3, (rate, method)
 
 
-def test_calibrated_memory_flags_the_unseen():
+def test_calibrated_memory_flags_the_unseen(tmp_path):
     rng = np.random.default_rng(4)
     normal, _ = _clusters(rng, [1500, 300], d=12, spread=0.4)
     normal = normal[rng.permutation(len(normal))]
-    mem, metrics = calibrate(normal, hop_s=0.5, false_alarms_per_hour=5.0, k=3, memory_size=300)
-    assert len(mem.memory) == 300 and metrics["memory_size"] == 300
+    mem, metrics = calibrate({"joint": normal}, ("joint",), hop_s=0.5, false_alarms_per_hour=5.0, k=3,
+                             memory_size=300)
+    assert len(mem.parts[0].memory) == 300 and metrics["memory_size"] == 300
     fresh, _ = _clusters(np.random.default_rng(4), [1500, 300], d=12, spread=0.4)
     odd = (rng.standard_normal((100, 12)) * 2.0 + 6.0).astype(np.float32)
-    assert (mem.score(odd) >= mem.threshold).mean() >= 0.95
-    false_alarm_rate = (mem.score(fresh) >= mem.threshold).mean() * 3600 / 0.5
+    assert (mem.score({"joint": odd}) >= mem.threshold).mean() >= 0.95
+    false_alarm_rate = (mem.score({"joint": fresh}) >= mem.threshold).mean() * 3600 / 0.5
     assert false_alarm_rate <= 5.0 * 3
     assert alarm_onsets(np.array([0, 2, 2, 0, 3, 0, 0, 4]), 1) == 3
-    # the half-feature variants select the right half of the joint embedding
-    joint = np.concatenate([normal, normal * 0 + 1], axis=1)
-    a = AnomalyMemory(normal[:50], k=1, threshold=1.0, features="audio")
-    assert np.allclose(a.score(joint[:50]), 0, atol=1e-3)
+    # a saved memory loads back to the same scores
+    path = tmp_path / "memory.npz"
+    mem.save(path)
+    np.testing.assert_allclose(AnomalyMemory.load(path).score({"joint": odd}), mem.score({"joint": odd}), rtol=1e-6)
+
+
+def test_parts_are_comparable_and_the_largest_decides():
+    """Two features on very different scales (a quiet one in 1e-3 units, a loud one in 1e3): an oddity in
+    either alone is flagged, a window missing one feature (NaN: its modality dropped out) is scored by the
+    other, and normal windows stay under the threshold as often as the target rate allows."""
+    rng = np.random.default_rng(6)
+    n = 3000
+    normal = {"audio_summary": rng.standard_normal((n, 8)) * 1e-3, "video_summary": rng.standard_normal((n, 6)) * 1e3}
+    mem, _ = calibrate(normal, ("audio_summary", "video_summary"), hop_s=0.5, false_alarms_per_hour=5.0, k=3,
+                       memory_size=500)
+    fresh = {"audio_summary": rng.standard_normal((200, 8)) * 1e-3,
+             "video_summary": rng.standard_normal((200, 6)) * 1e3}
+    odd_audio = {k: v.copy() for k, v in fresh.items()}
+    odd_audio["audio_summary"][:, 0] += 8e-3
+    odd_video = {k: v.copy() for k, v in fresh.items()}
+    odd_video["video_summary"][:, 2] += 8e3
+    assert (mem.score(fresh) >= mem.threshold).mean() <= 0.02
+    assert (mem.score(odd_audio) >= mem.threshold).mean() >= 0.95
+    assert (mem.score(odd_video) >= mem.threshold).mean() >= 0.95
+    no_video = {"audio_summary": odd_audio["audio_summary"], "video_summary": np.full((200, 6), np.nan)}
+    assert (mem.score(no_video) >= mem.threshold).mean() >= 0.95
+    assert np.isnan(mem.score({k: np.full((3, v.shape[1]), np.nan) for k, v in fresh.items()})).all()
 
 
 # ---------------------------------------------------------------------------------------------- on synth footage
@@ -198,9 +222,9 @@ def test_calibrate_catches_held_out_anomalies(site):
     b = load_bundle(site["bundle"])
     assert b.anomaly is not None and b.event_head is not None  # calibrate kept the event head
     a = b.manifest["anomaly"]
-    assert a["false_alarms_per_hour"] == 10 and a["features"] == "joint" and a["k"] == 3
+    assert a["false_alarms_per_hour"] == 10 and a["features"] == ["audio_summary", "video_summary"] and a["k"] == 3
     held = embed_footage(b, [site["held"]], require_labels=True)
-    scores = b.anomaly.score(held.joint)
+    scores = b.anomaly.score(held.features)
     over = scores >= b.anomaly.threshold
     caught = [bool(over[(held.t_starts >= s - SPLIT - 1) & (held.t_starts <= s - SPLIT + 2)].any())
               for _, s in ANOMALIES]
@@ -216,17 +240,24 @@ def test_calibrate_catches_held_out_anomalies(site):
 
 
 def test_features_chosen_by_measurement():
-    """Only the audio half tells anomalies apart (the video half drifts with an unseen scene): auto picks audio."""
-    from edgeav.calibrate import auroc, compare_features
+    """Only the audio feature tells anomalies apart (the video one drifts with an unseen scene): auto picks
+    audio alone, which catches every anomaly without a false alarm."""
+    from types import SimpleNamespace
+
+    from edgeav.calibrate import auroc, choose_features
 
     rng = np.random.default_rng(5)
-    normal = rng.standard_normal((400, 16)).astype(np.float32)
-    val = rng.standard_normal((200, 16)).astype(np.float32)
-    anomalous = np.zeros(200, dtype=bool)
-    anomalous[::10] = True
-    val[anomalous, :8] += 3.0  # the audio half of anomalous windows moves away from normal
-    val[:, 8:] += rng.standard_normal((200, 8)) * 2.0  # the video half is noisy for everything
-    auc = compare_features(normal, val, anomalous, k=3, memory_size=200)
-    assert max(auc, key=lambda f: auc[f] or 0.0) == "audio" and auc["audio"] > 0.95
+    normal = {"audio": rng.standard_normal((2000, 8)), "video": rng.standard_normal((2000, 8))}
+    val = {"audio": rng.standard_normal((400, 8)), "video": rng.standard_normal((400, 8)) * 3.0}
+    anomalous = np.zeros(400, dtype=bool)
+    for s0 in range(20, 400, 40):  # ten anomalies of three windows
+        anomalous[s0:s0 + 3] = True
+    val["audio"][anomalous] += 4.0
+    footage = SimpleNamespace(features=val, anomalous=anomalous, file_index=np.zeros(400, np.int64))
+    names, rows = choose_features(normal, footage, hop_s=0.5, false_alarms_per_hour=1.0, k=3, memory_size=300)
+    assert names == ("audio",), rows
+    best = next(r for r in rows if r["features"] == ["audio"])
+    assert best["caught"] == best["anomalies"] == 10 and best["false_alarms"] == 0
+    assert {tuple(r["features"]) for r in rows} == {("audio",), ("video",), ("audio", "video")}
     assert auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1], bool)) == 0.75
     assert auroc(np.array([1.0, 1.0]), np.array([0, 1], bool)) == 0.5  # ties count half

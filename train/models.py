@@ -45,6 +45,7 @@ from edgeav.preprocess import WindowSpec
 from train.params import load_config
 
 CHECKPOINT_FORMAT = "edgeav.checkpoint/1"
+MOTION_CELL = 8  # pixels per side of a cell of the video summary's motion grid
 
 # The defaults of configs/train.default.yaml (validated by train.params): one source of truth.
 DEFAULT_PARAMS: dict[str, Any] = load_config().model_params()
@@ -259,11 +260,25 @@ class AudioEncoder(nn.Module):
 
     def features(self, wave: torch.Tensor) -> torch.Tensor:
         """Pre-projection features ``[B, P]``: the CNN map averaged over time, per frequency row."""
-        x = self.cnn(self.log_mel(wave).unsqueeze(1))  # [B, C, F', T']
-        return x.mean(dim=3).flatten(1)
+        return self._pooled(self.log_mel(wave))
+
+    def _pooled(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.cnn(mel.unsqueeze(1)).mean(dim=3).flatten(1)  # [B, C, F', T'] -> [B, C * F']
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.proj(self.features(wave)), dim=-1)
+
+    def all_outputs(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(embedding, features, summary)``: what the exported model gives the runtime.
+
+        ``summary`` ``[B, 2 * n_mels]`` is the front end's own view of the window: the normalised log-mel
+        averaged and maximised over time, per band. The anomaly scorer measured best on it (README, "Anomaly
+        features"): a scream or breaking glass is a spectrum the street never makes, which the trained
+        embedding, taught to match sounds with pictures, partly averages away.
+        """
+        mel = self.log_mel(wave)
+        feats = self._pooled(mel)
+        return F.normalize(self.proj(feats), dim=-1), feats, torch.cat([mel.mean(dim=2), mel.amax(dim=2)], dim=1)
 
     @torch.no_grad()
     def set_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -316,6 +331,20 @@ class VideoEncoder(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.proj(self.features(frames)), dim=-1)
+
+    def all_outputs(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(embedding, features, summary)``: what the exported model gives the runtime.
+
+        ``summary`` ``[B, (H / 8) * (W / 8)]``: how much the picture moves in each 8x8-pixel cell (mean
+        absolute difference from the window's mean frame, 0..1 scale). The anomaly scorer measured best
+        on it (README, "Anomaly features"): a crash or a flash moves more of the picture, and faster, than
+        the street's traffic ever does.
+        """
+        feats = self.features(frames)
+        x = frames.to(torch.float32) * (1.0 / 255.0)  # [B, F, H, W, 3]
+        motion = (x - x.mean(dim=1, keepdim=True)).abs().mean(dim=(1, 4))  # [B, H, W]
+        grid = F.avg_pool2d(motion.unsqueeze(1), MOTION_CELL).flatten(1)
+        return F.normalize(self.proj(feats), dim=-1), feats, grid
 
     @torch.no_grad()
     def set_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> None:
