@@ -9,22 +9,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgeav.calibrate import knn_scores
 from edgeav.labels import LabelledEvent, Labels
 from tests.conftest import assert_one_line_error, run_edgeav
 from train.evaluate import (
+    ANOMALY_FEATURE_SETS,
     LabelledWindows,
-    anomaly,
+    anomaly_metrics,
     average_precision,
     event_queries,
     markdown,
     search_precision,
 )
 
-FEATURES = {"embedding_joint", "embedding_audio", "embedding_video", "pre_audio", "pre_video", "pre_joint"}
+FEATURES = set(ANOMALY_FEATURE_SETS)  # a bundle exported by this version gives every feature
 
 
 def test_evaluate_checkpoint_gives_every_metric_in_range(tiny_bundle: Path, footage_dir: Path):
-    """A run directory: exported on the fly (ONNX embeddings) plus torch pre-projection features."""
+    """A run directory: exported on the fly, every anomaly feature choice measured."""
     run = tiny_bundle.parent / "run"
     proc = run_edgeav("evaluate", run, "--probe", footage_dir / "normal.mp4", "--test",
                       footage_dir / "anomalies.mp4", "--json", timeout=300)
@@ -48,14 +50,13 @@ def test_evaluate_checkpoint_gives_every_metric_in_range(tiny_bundle: Path, foot
 
 
 def test_evaluate_bundle_against_a_floor(tiny_bundle: Path, footage_dir: Path):
-    """A bundle (no pre-projection features: ONNX carries only the embedding), against itself as the floor:
-    every figure equals the floor's and none beats it (strictly)."""
+    """A bundle against itself as the floor: every figure equals the floor's and none beats it (strictly)."""
     args = ("evaluate", tiny_bundle, "--probe", footage_dir / "normal.mp4", "--test", footage_dir / "anomalies.mp4",
             "--floor", tiny_bundle)
     proc = run_edgeav(*args, "--json", timeout=300)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
-    assert set(r["anomaly"]) == {"embedding_joint", "embedding_audio", "embedding_video"}
+    assert set(r["anomaly"]) == FEATURES
     for section, key in [(r["localisation"], "segment_accuracy"), (r["search"], "p_at_10"),
                          *((a, "auroc") for a in r["anomaly"].values())]:
         assert section[f"{key}_floor"] == section[key]
@@ -124,7 +125,7 @@ def test_anomaly_auroc_and_average_precision_on_a_constructed_case():
     test = np.array([[s, 0] for s in scores], np.float32)
     anomalous = [False, True, False, False, True, True]
     w = _windows(["background"] * 6, anomalous)
-    r = anomaly(normal, test, w, k=1)
+    r = anomaly_metrics(knn_scores(test, normal, 1), w)
     assert r["auroc"] == pytest.approx(7 / 9, abs=1e-4)
     # ranked 6, 5, 4, 3, 2, 1: positives at ranks 1, 2, 5 -> (1 + 1 + 3/5) / 3
     assert r["average_precision"] == pytest.approx((1 + 1 + 0.6) / 3, abs=1e-4)

@@ -177,7 +177,7 @@ def _fmt(s: tuple[float, float, int] | None, digits: int = 3) -> str:
 
 COLUMNS = [("segment acc.", "eval.localisation.segment_accuracy"),
            ("event F1", "eval.localisation.event_macro_f1"),
-           ("anomaly AUROC (joint emb.)", "eval.anomaly.embedding_joint.auroc"),
+           ("anomaly AUROC (joint emb.)", "eval.anomaly.joint.auroc"),
            ("P@10", "eval.search.p_at_10"),
            ("mAP@10", "eval.search.map_at_10")]
 
@@ -199,8 +199,10 @@ def table(results: list[dict[str, Any]]) -> str:
         be = _fmt(_stat([_get(r, "train.evaluated_epoch") or _get(r, "train.best_epoch") for r in rs]), 1)
         mu = _fmt(_stat([_get(r, "train.minings_used") for r in rs]), 1) if mines(v) else "–"
         lines.append(f"| {v} | {len(rs)} | {be} | " + " | ".join(cells) + f" | {mu} | {pp} | {_fmt(per, 2)} |")
-    feats = sorted({f for r in results for f in r["eval"]["anomaly"]},
-                   key=lambda f: (not f.startswith("embedding"), f))
+    from train.evaluate import ANOMALY_FEATURE_SETS
+
+    order = {f: i for i, f in enumerate(ANOMALY_FEATURE_SETS)}
+    feats = sorted({f for r in results for f in r["eval"]["anomaly"]}, key=lambda f: (order.get(f, len(order)), f))
     floor = {f: _stat([_get(r, f"eval.anomaly.{f}.auroc") for r in results if r["variant"] == "untrained"])
              for f in feats}
     lines += ["", "Anomaly AUROC per feature choice (kNN, k=3, normal memory = probe footage); "
@@ -218,10 +220,19 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# Anomaly feature names of results written before the bundles exported their features (edgeav < 0.2).
+_LEGACY_FEATURES = {"embedding_joint": "joint", "embedding_audio": "audio", "embedding_video": "video",
+                    "pre_audio": "audio_pre", "pre_video": "video_pre"}
+
+
 def load_results(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    results = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for r in results:
+        an = r.get("eval", {}).get("anomaly", {})
+        r["eval"]["anomaly"] = {_LEGACY_FEATURES.get(k, k): v for k, v in an.items()}
+    return results
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -291,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                    "eval_seconds": round(t3 - t2, 1), "eval": metrics}
             with open(results_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
-            loc, an, se = metrics["localisation"], metrics["anomaly"]["embedding_joint"], metrics["search"]
+            loc, an, se = metrics["localisation"], metrics["anomaly"]["joint"], metrics["search"]
             print(f"ablation: {variant} seed {seed}: train {t2 - t1:.0f} s (evaluated epoch "
                   f"{rec['train'].get('evaluated_epoch')}), eval {t3 - t2:.0f} s: segment accuracy "
                   f"{loc['segment_accuracy']}, anomaly AUROC {an['auroc']}, P@10 {se['p_at_10']}", flush=True)

@@ -10,22 +10,21 @@ Three tasks, one frozen encoder pair (design.md section 3, step 5):
 2. anomaly detection: mean distance to the ``k`` nearest NORMAL windows (:mod:`edgeav.calibrate`'s
    kNN over its k-center coreset: the product's scorer), AUROC / average precision of anomalous vs
    normal test windows, and false alarms per hour at the threshold that catches 90% of anomalous
-   windows; for every feature choice: the embeddings (audio, video, joint) and, from a checkpoint,
-   the pre-projection ``features()`` per modality and joint. The lab saw training hurt kNN anomaly
-   detection, so all are reported and the caller compares them with the untrained floor.
+   windows; for every feature choice the models export (:data:`ANOMALY_FEATURE_SETS`: embeddings,
+   pre-projection features, front-end summaries; per modality and max-combined). The lab saw training
+   hurt kNN anomaly detection, so all are reported and the caller compares them with the untrained floor.
 3. search: each labelled (non-anomalous) event of the test footage is a query (the mean joint
    embedding of its windows); the candidates are the test windows that do not overlap it; a
    candidate is relevant when its label is the query's kind. P@10 and mAP@10.
 
-Embeddings come from the ONNX bundle (what the product runs); a checkpoint is exported to a
-temporary bundle first and, because ONNX bundles carry only the embedding, its pre-projection
-features come from torch. This module imports torch only for checkpoints.
+Features come from the ONNX bundle (what the product runs); a checkpoint is exported to a
+temporary bundle first. This module imports torch only for checkpoints.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,13 +205,11 @@ def localisation(x_probe: np.ndarray, y_probe: Sequence[str], x_test: np.ndarray
     }
 
 
-def anomaly(normal: np.ndarray, test: np.ndarray, w_test: LabelledWindows, k: int = ANOMALY_K,
-            memory_size: int = ANOMALY_MEMORY) -> dict[str, Any]:
-    """kNN anomaly scores of the test windows against a coreset of the normal windows (the product's scorer)."""
-    from edgeav.calibrate import alarm_onsets, auroc, greedy_k_center, knn_scores
+def anomaly_metrics(s: np.ndarray, w_test: LabelledWindows) -> dict[str, Any]:
+    """AUROC / average precision of anomaly scores ``s`` over the test windows, and false alarms per hour at
+    the threshold that catches 90% of the anomalous windows."""
+    from edgeav.calibrate import alarm_onsets, auroc
 
-    mem = normal[greedy_k_center(normal, memory_size)]
-    s = knn_scores(test, mem, k)
     au = auroc(s, w_test.anomalous)
     ap = average_precision(s, w_test.anomalous)
     out: dict[str, Any] = {"auroc": round(au, 4) if au is not None else None,
@@ -228,72 +225,43 @@ def anomaly(normal: np.ndarray, test: np.ndarray, w_test: LabelledWindows, k: in
     return out
 
 
+def anomaly(normal: dict[str, np.ndarray], test: dict[str, np.ndarray], names: tuple[str, ...],
+            w_test: LabelledWindows, k: int = ANOMALY_K, memory_size: int = ANOMALY_MEMORY) -> dict[str, Any]:
+    """The product's scorer (:func:`edgeav.calibrate.calibrate` on ``names``) fitted on the normal windows'
+    features, then :func:`anomaly_metrics` of its scores on the test windows."""
+    from edgeav.calibrate import calibrate
+
+    mem, _ = calibrate(normal, names, hop_s=0.5, false_alarms_per_hour=1.0, k=k, memory_size=memory_size)
+    return anomaly_metrics(mem.score(test), w_test)
+
+
 # ---------------------------------------------------------------------------------------------- features
 
 
-FeatureFn = Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
+# The feature choices the anomaly scorer is measured on: single features and the max-combined pairs
+# (names as in edgeav.bundle.feature_name; "+" joins the parts of one memory).
+ANOMALY_FEATURE_SETS = ("joint", "audio", "video", "audio+video", "audio_pre", "video_pre", "audio_pre+video_pre",
+                        "audio_summary", "video_summary", "audio_summary+video_summary")
 
 
-def bundle_features(bundle: Any, batch: int = 64) -> FeatureFn:
-    """Embeddings from the bundle's ONNX encoders (what the product runs)."""
-
-    def run(audio: np.ndarray, frames: np.ndarray) -> dict[str, np.ndarray]:
-        a = [bundle.embed_audio(audio[i:i + batch]) for i in range(0, len(audio), batch)]
-        v = [bundle.embed_video(frames[i:i + batch]) for i in range(0, len(frames), batch)]
-        return {"audio": np.concatenate(a), "video": np.concatenate(v)}
-
-    return run
+def _features(bundle: Any, w: LabelledWindows) -> dict[str, np.ndarray]:
+    return bundle.features(w.audio, w.frames)
 
 
-def torch_pre_features(audio_enc: Any, video_enc: Any, batch: int = 64) -> FeatureFn:
-    """Pre-projection ``features()`` of a checkpoint's encoders (eval mode, no gradient)."""
-    import torch
-
-    def run(audio: np.ndarray, frames: np.ndarray) -> dict[str, np.ndarray]:
-        a, v = [], []
-        with torch.no_grad():
-            for i in range(0, len(audio), batch):
-                a.append(audio_enc.features(torch.from_numpy(np.ascontiguousarray(audio[i:i + batch]))).numpy())
-                v.append(video_enc.features(torch.from_numpy(np.ascontiguousarray(frames[i:i + batch]))).numpy())
-        return {"audio_pre": np.concatenate(a), "video_pre": np.concatenate(v)}
-
-    return run
-
-
-def feature_sets(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Every feature choice the anomaly scorer is measured on, from per-modality parts."""
-    from edgeav.bundle import joint_embedding
-
-    out = {"embedding_joint": joint_embedding(parts["audio"], parts["video"]),
-           "embedding_audio": _l2(parts["audio"]), "embedding_video": _l2(parts["video"])}
-    if "audio_pre" in parts:
-        out["pre_audio"] = np.asarray(parts["audio_pre"], dtype=np.float32)
-        out["pre_video"] = np.asarray(parts["video_pre"], dtype=np.float32)
-        # each modality scaled to unit norm so neither swamps the other's distances
-        out["pre_joint"] = np.concatenate([_l2(parts["audio_pre"]), _l2(parts["video_pre"])], axis=1)
-    return out
-
-
-def _embed(fns: Sequence[FeatureFn], w: LabelledWindows) -> dict[str, np.ndarray]:
-    parts: dict[str, np.ndarray] = {}
-    for fn in fns:
-        parts.update(fn(w.audio, w.frames))
-    return feature_sets(parts)
-
-
-def evaluate_features(fns: Sequence[FeatureFn], probe: LabelledWindows, test: LabelledWindows,
+def evaluate_features(bundle: Any, probe: LabelledWindows, test: LabelledWindows,
                       normal: LabelledWindows | None = None) -> dict[str, Any]:
-    """All three tasks for encoders given as feature functions (see :func:`bundle_features`)."""
-    fp, ft = _embed(fns, probe), _embed(fns, test)
-    fn_ = _embed(fns, normal) if normal is not None else fp
+    """All three tasks for a loaded bundle's encoders (every feature its models give)."""
+    fp, ft = _features(bundle, probe), _features(bundle, test)
+    fn_ = _features(bundle, normal) if normal is not None else fp
     normal_w = normal if normal is not None else probe
     keep = ~normal_w.anomalous
     result: dict[str, Any] = {
         "windows": {"probe": len(probe), "test": len(test), "normal": int(keep.sum()),
                     "test_anomalous": int(test.anomalous.sum())},
-        "localisation": localisation(fp["embedding_joint"], probe.labels, ft["embedding_joint"], test),
-        "anomaly": {name: anomaly(fn_[name][keep], ft[name], test) for name in fp},
-        "search": search_precision(ft["embedding_joint"], test.labels, event_queries(test)),
+        "localisation": localisation(fp["joint"], probe.labels, ft["joint"], test),
+        "anomaly": {name: anomaly({n: fn_[n][keep] for n in name.split("+")}, ft, tuple(name.split("+")), test)
+                    for name in ANOMALY_FEATURE_SETS if all(n in fp for n in name.split("+"))},
+        "search": search_precision(ft["joint"], test.labels, event_queries(test)),
     }
     return result
 
@@ -307,8 +275,8 @@ def is_bundle(path: str | Path) -> bool:
 def evaluate(model: str | Path, probe: Sequence[str | Path], test: Sequence[str | Path],
              normal: Sequence[str | Path] | None = None, threads: int = 2,
              cache: dict[str, LabelledWindows] | None = None) -> dict[str, Any]:
-    """Evaluate a bundle, or a checkpoint / run directory (exported to a temporary bundle, plus torch
-    pre-projection features). ``cache``: decoded footage kept between calls (the ablation's many runs)."""
+    """Evaluate a bundle, or a checkpoint / run directory (exported to a temporary bundle first).
+    ``cache``: decoded footage kept between calls (the ablation's many runs)."""
     from edgeav.bundle import load_bundle
 
     def windows(items: Sequence[str | Path], role: str, spec: WindowSpec) -> LabelledWindows:
@@ -320,20 +288,20 @@ def evaluate(model: str | Path, probe: Sequence[str | Path], test: Sequence[str 
             cache[key] = w
         return w
 
-    def run_all(bundle_dir: Path, extra: list[FeatureFn]) -> dict[str, Any]:
+    def run_all(bundle_dir: Path) -> dict[str, Any]:
         b = load_bundle(bundle_dir, threads=threads, with_heads=False)
         spec = b.window_spec
         wp, wt = windows(probe, "probe", spec), windows(test, "test", spec)
         wn = windows(normal, "normal", spec) if normal else None
         if not wt.anomalous.any():
             raise UserError("--test: the sidecars mark no window anomalous; anomaly AUROC needs some")
-        r = evaluate_features([bundle_features(b), *extra], wp, wt, wn)
+        r = evaluate_features(b, wp, wt, wn)
         r["bundle_id"] = b.bundle_id
         return r
 
     src = Path(model)
     if is_bundle(src):
-        out = run_all(src, [])
+        out = run_all(src)
         out["model"] = {"bundle": str(src)}
         return out
     if not src.exists():
@@ -353,7 +321,7 @@ def evaluate(model: str | Path, probe: Sequence[str | Path], test: Sequence[str 
     with tempfile.TemporaryDirectory(prefix="edgeav-evaluate-") as tmp:
         bdir = Path(tmp) / "bundle"
         export_encoders(audio, video, params, summary, bdir, parity_footage=test_files[:1], source=str(src))
-        out = run_all(bdir, [torch_pre_features(audio, video)])
+        out = run_all(bdir)
     out["model"] = {"checkpoint": str(src), "epoch": summary.get("epoch"), "untrained": summary.get("untrained")}
     return out
 
