@@ -306,7 +306,9 @@ def _file_windows(path: str | Path, info: Any, spec: WindowSpec, stats: Pipeline
             if got:
                 yield got
     finally:
-        decoded.close()  # the containers, now, in this thread (also when the consumer stopped early)
+        close = getattr(decoded, "close", None)  # a generator: close its containers now, in this thread,
+        if close is not None:                     # also when the consumer stopped early
+            close()
     # A file cut short (a recorder that died) must not pass as complete footage.
     media.check_decoded_length(info, asm.video_end, asm.audio_end if info.has_audio else None)
     tail = asm.finish()
