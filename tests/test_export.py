@@ -87,6 +87,15 @@ def test_export_parity_on_real_windows(exported):
     assert np.abs(b.embed_video(w.frames[3:4]) - tv[3:4]).max() <= 1e-4  # batch 1 too
     # Real windows differ from each other: parity on them is not parity on a constant.
     assert np.abs(ta[0] - ta[-1]).max() > 1e-3 and np.abs(tv[0] - tv[-1]).max() > 1e-3
+    # The features the anomaly scorer may use come out of the same graphs, equal to torch's.
+    feats = b.features(w.audio, w.frames)
+    assert set(feats) == {"audio", "audio_pre", "audio_summary", "video", "video_pre", "video_summary", "joint"}
+    with torch.no_grad():
+        for name, enc, x in (("audio", audio, w.audio), ("video", video, w.frames)):
+            _, pre, summary = enc.all_outputs(torch.from_numpy(x))
+            assert np.abs(feats[f"{name}_pre"] - pre.numpy()).max() <= 1e-4
+            assert np.abs(feats[f"{name}_summary"] - summary.numpy()).max() <= 1e-4
+    assert feats["video_summary"].shape[1] == (64 // 8) * (112 // 8)  # one motion figure per 8x8-pixel cell
 
 
 def test_int8_agrees_with_fp32(exported):

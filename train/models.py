@@ -335,14 +335,15 @@ class VideoEncoder(nn.Module):
     def all_outputs(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(embedding, features, summary)``: what the exported model gives the runtime.
 
-        ``summary`` ``[B, (H / 8) * (W / 8)]``: how much the picture moves in each 8x8-pixel cell (mean
-        absolute difference from the window's mean frame, 0..1 scale). The anomaly scorer measured best
-        on it (README, "Anomaly features"): a crash or a flash moves more of the picture, and faster, than
-        the street's traffic ever does.
+        ``summary`` ``[B, (H / 8) * (W / 8)]``: how much the picture moves in each 8x8-pixel cell (the
+        largest over the window's frames of the mean absolute difference from the window's mean frame,
+        0..1 scale; the largest, not the mean, so a flash in one frame counts whole). The anomaly scorer
+        measured best on it (README, "Anomaly features"): a crash or a flash moves more of the picture,
+        and faster, than the street's traffic ever does.
         """
         feats = self.features(frames)
         x = frames.to(torch.float32) * (1.0 / 255.0)  # [B, F, H, W, 3]
-        motion = (x - x.mean(dim=1, keepdim=True)).abs().mean(dim=(1, 4))  # [B, H, W]
+        motion = (x - x.mean(dim=1, keepdim=True)).abs().mean(dim=4).amax(dim=1)  # [B, H, W]
         grid = F.avg_pool2d(motion.unsqueeze(1), MOTION_CELL).flatten(1)
         return F.normalize(self.proj(feats), dim=-1), feats, grid
 
