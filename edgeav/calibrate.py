@@ -91,18 +91,51 @@ def out_of_fold_scores(x: np.ndarray, k: int, memory_size: int, folds: int = 5) 
     return out
 
 
-def threshold_for_rate(scores: np.ndarray, false_alarms_per_hour: float, hop_s: float) -> tuple[float, str]:
+TAIL_QUANTILE = 0.9  # the calibration keeps its normal scores from here up: enough to re-threshold later
+
+
+@dataclass(frozen=True)
+class ScoreTail:
+    """The upper tail of the out-of-fold normal scores (sorted, from the 90th percentile up), their count and
+    minimum: all :func:`threshold_for_rate` needs, so the runtime can re-threshold for another rate."""
+
+    tail: np.ndarray
+    count: int
+    minimum: float
+
+    @classmethod
+    def of(cls, scores: np.ndarray) -> ScoreTail:
+        s = np.sort(np.asarray(scores, dtype=np.float64))
+        start = int(np.floor((len(s) - 1) * TAIL_QUANTILE))
+        return cls(tail=s[start:].astype(np.float32), count=len(s), minimum=float(s[0]))
+
+    def quantile(self, q: float) -> float:
+        """numpy's default (linear) quantile of the whole score set, for ``q >= TAIL_QUANTILE``."""
+        pos = (self.count - 1) * q
+        i = int(np.floor(pos))
+        at = i - int(np.floor((self.count - 1) * TAIL_QUANTILE))
+        t = self.tail.astype(np.float64)
+        nxt = t[min(at + 1, len(t) - 1)]
+        return float(t[at] + (pos - i) * (nxt - t[at]))
+
+
+def threshold_for_rate(scores: np.ndarray | ScoreTail, false_alarms_per_hour: float,
+                       hop_s: float) -> tuple[float, str]:
     """The score above which normal windows occur at most ``false_alarms_per_hour`` (see the module doc)."""
-    s = np.sort(np.asarray(scores, dtype=np.float64))
-    n = len(s)
+    tail = scores if isinstance(scores, ScoreTail) else ScoreTail.of(scores)
+    n = tail.count
     p = false_alarms_per_hour * hop_s / 3600.0
+    if p > 1.0 - TAIL_QUANTILE:
+        raise UserError(f"false_alarms_per_hour: {false_alarms_per_hour:g} is more than one window in ten "
+                        f"(at most {(1.0 - TAIL_QUANTILE) * 3600.0 / hop_s:g} per hour)")
     if n * p >= 5:
-        return float(np.quantile(s, 1.0 - p)), "empirical quantile"
-    u = float(np.quantile(s, 0.9))
-    excess = s[s > u] - u
+        return tail.quantile(1.0 - p), "empirical quantile"
+    u = tail.quantile(TAIL_QUANTILE)
+    t = tail.tail.astype(np.float64)
+    excess = t[t > u] - u
     beta = float(excess.mean()) if len(excess) else 0.0
     if beta <= 0:
-        beta = max(float(s[-1] - s[0]) / 10.0, 1e-6)
+        beta = max(float(t[-1] - tail.minimum) / 10.0, 1e-6)
     return u + beta * float(np.log(0.1 / p)), "exponential tail above the 90th percentile"
 
 
@@ -166,6 +199,7 @@ class AnomalyMemory:
     parts: list[ScorerPart]
     k: int
     threshold: float
+    normal: ScoreTail | None = None  # the calibration's normal scores (None in a version-1 memory)
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -177,6 +211,15 @@ class AnomalyMemory:
         mem = np.asarray(memory, dtype=np.float32)
         d = mem.shape[1] if mem.ndim == 2 else 0
         return cls([ScorerPart(feature, mem, np.zeros(d, np.float32), np.ones(d, np.float32), 0.0, 1.0)], k, threshold)
+
+    def threshold_for(self, false_alarms_per_hour: float, hop_s: float) -> float:
+        """The threshold for another false-alarm rate than the calibrated one, from the stored normal scores
+        (the config's ``anomaly.false_alarms_per_hour``)."""
+        if self.normal is None:
+            raise UserError("anomaly.false_alarms_per_hour: the bundle's anomaly memory was calibrated by an older "
+                            "version and keeps no normal scores to re-threshold with; run edgeav calibrate again "
+                            "or leave the setting out (the calibrated threshold is used)")
+        return threshold_for_rate(self.normal, false_alarms_per_hour, hop_s)[0]
 
     def score(self, features: dict[str, np.ndarray]) -> np.ndarray:
         """Window features by name (rows of NaN where a window lacks that feature's modality) -> scores [B].
@@ -197,6 +240,9 @@ class AnomalyMemory:
         arrays: dict[str, np.ndarray] = {"format": np.array(MEMORY_FORMAT), "k": np.array(self.k),
                                          "threshold": np.array(self.threshold),
                                          "features": np.array(list(self.features))}
+        if self.normal is not None:
+            arrays.update({"tail": self.normal.tail, "tail_count": np.array(self.normal.count),
+                           "tail_min": np.array(self.normal.minimum)})
         for i, p in enumerate(self.parts):
             arrays.update({f"memory_{i}": p.memory.astype(np.float32), f"mean_{i}": p.mean, f"scale_{i}": p.scale,
                            f"centre_{i}": np.array(p.centre), f"spread_{i}": np.array(p.spread)})
@@ -237,7 +283,12 @@ class AnomalyMemory:
             if m.ndim != 2 or len(m) == 0 or part.mean.shape != (m.shape[1],) or part.scale.shape != (m.shape[1],) \
                     or not (part.scale > 0).all() or not part.spread > 0:
                 raise UserError(f"{p}: anomaly memory part {part.feature!r} is empty or malformed")
-        return cls(parts=parts, k=int(data["k"]), threshold=float(data["threshold"]))
+        normal = None
+        if "tail" in data and "tail_count" in data and "tail_min" in data:
+            normal = ScoreTail(data["tail"].astype(np.float32), int(data["tail_count"]), float(data["tail_min"]))
+            if normal.tail.ndim != 1 or not len(normal.tail) or normal.count < len(normal.tail):
+                raise UserError(f"{p}: anomaly memory's normal score tail is malformed")
+        return cls(parts=parts, k=int(data["k"]), threshold=float(data["threshold"]), normal=normal)
 
     @classmethod
     def from_bundle(cls, bundle_dir: Path, section: dict[str, Any], dims: dict[str, int]) -> AnomalyMemory:
@@ -287,8 +338,9 @@ def calibrate(features: dict[str, np.ndarray], names: tuple[str, ...], hop_s: fl
                         "(give more normal footage)")
     parts, oofs = zip(*(fit_part(name, features[name], k, memory_size) for name in names), strict=True)
     oof = np.max(np.stack(oofs), axis=0)
-    threshold, method = threshold_for_rate(oof, false_alarms_per_hour, hop_s)
-    mem = AnomalyMemory(parts=list(parts), k=k, threshold=threshold)
+    normal = ScoreTail.of(oof)
+    threshold, method = threshold_for_rate(normal, false_alarms_per_hour, hop_s)
+    mem = AnomalyMemory(parts=list(parts), k=k, threshold=threshold, normal=normal)
     hours = n * hop_s / 3600.0
     onsets = alarm_onsets(oof, threshold)
     metrics = {

@@ -324,7 +324,8 @@ class EventsConfig(_Section):
 class AnomalyConfig(_Section):
     """The anomaly alert policy: how often a false alarm is acceptable, and how alerts are paced."""
 
-    false_alarms_per_hour: float = Field(default=1.0, gt=0.0)
+    # None: the rate the bundle was calibrated for (`edgeav calibrate --false-alarms-per-hour`)
+    false_alarms_per_hour: float | None = Field(default=None, gt=0.0, le=720.0)
     min_duration_s: float = Field(default=1.0, ge=0.0)
     cooldown_s: float = Field(default=30.0, ge=0.0)
 

@@ -112,6 +112,7 @@ class AnomalyParams:
     """The config's ``anomaly`` section plus the bundle's calibrated threshold (``None``: take the bundle's)."""
 
     threshold: float | None = None
+    false_alarms_per_hour: float | None = None  # None: the rate the bundle was calibrated for
     min_duration_s: float = 1.0
     cooldown_s: float = 30.0
 

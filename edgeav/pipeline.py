@@ -78,15 +78,17 @@ class PipelineStats:
 def decision_params(config: Any | None) -> tuple[EventParams, AnomalyParams]:
     """The config's ``events`` and ``anomaly`` sections as the deciders' parameters (defaults without a config).
 
-    Replay and the daemon both call this: one mapping for live and offline. The anomaly threshold is left
-    to the bundle's calibration (:class:`CameraPipeline` takes it from there).
+    Replay and the daemon both call this: one mapping for live and offline. The anomaly threshold comes
+    from the bundle's calibration (:class:`CameraPipeline`), re-set for the config's false-alarm rate when
+    it gives one.
     """
     if config is None:
         return EventParams(), AnomalyParams()
     ev, an = config.events, config.anomaly
     events = EventParams(start_threshold=ev.start_threshold, end_threshold=ev.end_threshold,
                          start_windows=ev.start_windows, end_windows=ev.end_windows)
-    return events, AnomalyParams(min_duration_s=an.min_duration_s, cooldown_s=an.cooldown_s)
+    return events, AnomalyParams(false_alarms_per_hour=an.false_alarms_per_hour, min_duration_s=an.min_duration_s,
+                                 cooldown_s=an.cooldown_s)
 
 
 def frame_converter(spec: WindowSpec, stats: PipelineStats | None = None) -> Callable[[Any], np.ndarray]:
@@ -127,7 +129,11 @@ class CameraPipeline:
         self._anomaly_features = bundle.anomaly.features if bundle.anomaly is not None else ()
         if bundle.anomaly is not None:
             base = anomaly or AnomalyParams()
-            threshold = bundle.anomaly.threshold if base.threshold is None else base.threshold
+            threshold = base.threshold
+            if threshold is None and base.false_alarms_per_hour is not None:
+                threshold = bundle.anomaly.threshold_for(base.false_alarms_per_hour, bundle.window_spec.hop_s)
+            elif threshold is None:
+                threshold = bundle.anomaly.threshold
             self.decider = AnomalyDecider(replace(base, threshold=threshold))
         self._batch: list[Window] = []
         self.index = index

@@ -261,3 +261,47 @@ def test_features_chosen_by_measurement():
     assert {tuple(r["features"]) for r in rows} == {("audio",), ("video",), ("audio", "video")}
     assert auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1], bool)) == 0.75
     assert auroc(np.array([1.0, 1.0]), np.array([0, 1], bool)) == 0.5  # ties count half
+
+
+def test_score_tail_gives_the_same_thresholds_as_all_scores():
+    """The memory keeps only the top 10% of its normal scores; thresholds from them equal those from all."""
+    from edgeav.calibrate import ScoreTail
+
+    rng = np.random.default_rng(7)
+    for n in (37, 1000, 7194):
+        s = rng.gamma(3.0, 0.2, n)
+        tail = ScoreTail.of(s)
+        assert len(tail.tail) <= n // 10 + 2
+        for q in (0.9, 0.95, 0.999, 1.0):
+            assert tail.quantile(q) == pytest.approx(float(np.quantile(s, q)), rel=1e-5)
+        for rate in (0.5, 5.0, 200.0):
+            assert threshold_for_rate(tail, rate, 0.5)[0] == pytest.approx(threshold_for_rate(s, rate, 0.5)[0],
+                                                                           rel=1e-5)
+
+
+def test_config_false_alarm_rate_resets_the_threshold(site, tmp_path):
+    """`anomaly.false_alarms_per_hour` in the config re-thresholds the calibrated memory at run time: a looser
+    rate flags more windows of the same footage, a stricter one fewer, each exactly at its threshold."""
+    import json
+
+    import yaml
+
+    from edgeav.bundle import load_bundle
+    from tests.conftest import run_edgeav
+
+    b = load_bundle(site["bundle"])
+    assert b.anomaly is not None
+    loose, strict = b.anomaly.threshold_for(600, 0.5), b.anomaly.threshold_for(0.05, 0.5)
+    assert loose < b.anomaly.threshold < strict  # calibrated at 10 per hour
+    flagged = {}
+    for rate, want in ((600, loose), (0.05, strict)):
+        cfg = tmp_path / f"rate{rate}.yaml"
+        cfg.write_text(yaml.safe_dump({"node": {"name": "box1"}, "anomaly": {"false_alarms_per_hour": rate}}))
+        windows = tmp_path / f"rate{rate}.windows.jsonl"
+        proc = run_edgeav("replay", site["held"], "--models", site["bundle"], "--config", cfg, "--windows", windows,
+                          "--out", tmp_path / f"rate{rate}.events.jsonl", "--quiet", timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        recs = [json.loads(line) for line in windows.read_text().splitlines()]
+        assert all(r["anomaly"] == (r["anomaly_score"] >= want) for r in recs if r["anomaly_score"] is not None)
+        flagged[rate] = sum(r["anomaly"] for r in recs)
+    assert flagged[600] > flagged[0.05]
