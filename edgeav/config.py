@@ -363,6 +363,9 @@ class MqttConfig(_Section):
     tls: TlsConfig | None = None
     discovery: bool = False  # Home Assistant MQTT discovery
     discovery_prefix: TopicPrefix = "homeassistant"
+    # Events and alerts kept on disk while the broker does not acknowledge them; past this the oldest events
+    # are dropped first, then the oldest alerts (counted and logged): a broker gone for days must not fill the disk.
+    outbox_max_messages: int = Field(default=100_000, ge=100, le=100_000_000)
 
     @model_validator(mode="before")
     @classmethod

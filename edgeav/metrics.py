@@ -125,7 +125,8 @@ def mqtt_metrics(snapshot: Mapping[str, Any]) -> list[Metric]:
         Metric("edgeav_outbox_depth", "gauge", "events and alerts waiting for the broker's acknowledgement")
         .add(snapshot["outbox_depth"]),
     ]
-    dropped = Metric("edgeav_mqtt_dropped_total", "counter", "best-effort messages dropped under pressure")
+    dropped = Metric("edgeav_mqtt_dropped_total", "counter",
+                     "messages dropped: state/stats (best effort), outbox_event/outbox_alert (the outbox at its cap)")
     for kind, n in sorted(snapshot["dropped"].items()):
         dropped.add(n, kind=kind)
     out.append(dropped)

@@ -5,9 +5,10 @@ also the last will, and ``online`` is republished on every (re)connect), ``<came
 ``<camera>/alerts``, ``<camera>/state`` (retained, rate limited) and ``stats``.
 
 Delivery: events and alerts go through :class:`~edgeav.outbox.Outbox` (on disk before they are
-published, deleted on PUBACK), so nothing is lost to a broker outage or a restart. State and
-stats are best effort: when the broker is away or paho's queue is backed up they are dropped
-and each drop is counted (:attr:`MqttPublisher.counters`).
+published, deleted on PUBACK), so nothing is lost to a broker outage or a restart, up to the
+outbox's cap (``mqtt.outbox_max_messages``: past it the oldest events go first, then the oldest
+alerts, each drop counted and logged). State and stats are best effort: when the broker is away
+or paho's queue is backed up they are dropped and each drop is counted (:attr:`MqttPublisher.counters`).
 
 The first connection is retried like any other (a broker that is not up yet at boot is
 normal): paho's network thread reconnects with backoff forever; a refused connection (bad
@@ -84,6 +85,9 @@ class MqttCounters:
     published: int = 0  # outbox messages handed to the broker (redeliveries included)
     acked: int = 0
     rejected: int = 0  # MQTT 5 PUBACK with a failure reason code: deleted, logged
+    # Best-effort messages dropped, by topic kind. The outbox counts its own drops (it drops inside its write
+    # transaction, whoever puts); :meth:`MqttPublisher.snapshot` reports them beside these as
+    # ``outbox_event`` and ``outbox_alert``.
     dropped: dict[str, int] = field(default_factory=lambda: {"state": 0, "stats": 0})
 
     @property
@@ -295,7 +299,7 @@ class MqttPublisher:
     def publish_record(self, record: dict[str, Any], held: bool = False) -> int:
         """Queue an event or alert durably (it is on disk when this returns) and return its outbox seq."""
         seq = self.outbox.put(record["id"], self._record_topic(record), dumps(record).encode(), self.cfg.qos,
-                              held=held)
+                              held=held, kind="alert" if record["type"] == "alert" else "event")
         if not held:
             self._wake.set()
         return seq
@@ -363,7 +367,8 @@ class MqttPublisher:
         c = self.counters
         return {"connected": c.connected, "reconnects": c.reconnects, "refused": c.refused,
                 "published": c.published, "acked": c.acked, "rejected": c.rejected,
-                "dropped": dict(c.dropped), "outbox_depth": self.outbox.depth()}
+                "dropped": {**c.dropped, **{f"outbox_{kind}": n for kind, n in self.outbox.drops().items()}},
+                "outbox_depth": self.outbox.depth()}
 
 
 class MqttSink:
@@ -408,6 +413,6 @@ def publisher_from_config(config: Any, cameras: Iterable[str], *, helper: bool =
     """
     mqtt = config.mqtt
     assert mqtt is not None
-    outbox = Outbox(config.storage.state_dir)
+    outbox = Outbox(config.storage.state_dir, max_messages=mqtt.outbox_max_messages)
     client_id = f"{mqtt.client_id}-replay-{os.getpid()}" if helper else None
     return MqttPublisher(mqtt, config.node.name, outbox, cameras, availability=not helper, client_id=client_id)
