@@ -43,6 +43,7 @@ from pydantic_core import PydanticCustomError
 
 from edgeav.errors import UserError
 from edgeav.log import redact, setup_logging
+from edgeav.outbox import DEFAULT_MAX_MESSAGES, MIN_MAX_MESSAGES
 
 log = logging.getLogger(__name__)
 
@@ -365,7 +366,7 @@ class MqttConfig(_Section):
     discovery_prefix: TopicPrefix = "homeassistant"
     # Events and alerts kept on disk while the broker does not acknowledge them; past this the oldest events
     # are dropped first, then the oldest alerts (counted and logged): a broker gone for days must not fill the disk.
-    outbox_max_messages: int = Field(default=100_000, ge=100, le=100_000_000)
+    outbox_max_messages: int = Field(default=DEFAULT_MAX_MESSAGES, ge=MIN_MAX_MESSAGES, le=100_000_000)
 
     @model_validator(mode="before")
     @classmethod
