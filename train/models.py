@@ -271,14 +271,18 @@ class AudioEncoder(nn.Module):
     def all_outputs(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(embedding, features, summary)``: what the exported model gives the runtime.
 
-        ``summary`` ``[B, 2 * n_mels]`` is the front end's own view of the window: the normalised log-mel
-        averaged and maximised over time, per band. The anomaly scorer measured best on it (README, "Anomaly
-        features"): a scream or breaking glass is a spectrum the street never makes, which the trained
-        embedding, taught to match sounds with pictures, partly averages away.
+        ``summary`` ``[B, 4 * n_mels]`` is the front end's own view of the window, per band of the normalised
+        log-mel: its mean and its maximum over time, its largest rise from one 10 ms frame to the next (an
+        onset: breaking glass, an impact) and its range (how much the band moves). The anomaly scorer
+        measured best on it (README, "Anomaly features"): a scream or breaking glass is a spectrum the street
+        never makes, which the trained embedding, taught to match sounds with pictures, partly averages away.
         """
         mel = self.log_mel(wave)
         feats = self._pooled(mel)
-        return F.normalize(self.proj(feats), dim=-1), feats, torch.cat([mel.mean(dim=2), mel.amax(dim=2)], dim=1)
+        top = mel.amax(dim=2)
+        onset = torch.relu(mel[:, :, 1:] - mel[:, :, :-1]).amax(dim=2)
+        summary = torch.cat([mel.mean(dim=2), top, onset, top - mel.amin(dim=2)], dim=1)
+        return F.normalize(self.proj(feats), dim=-1), feats, summary
 
     @torch.no_grad()
     def set_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> None:
