@@ -238,6 +238,34 @@ def load_results(path: Path) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------- main
 
 
+def run_dir(out: Path, variant: str, seed: int, setting: dict[str, Any]) -> Path:
+    return out / "runs" / f"{variant}-e{setting['epochs']}-m{setting['train_minutes']:g}" / f"seed{seed}"
+
+
+def reevaluate(out: Path, results_path: Path, setting: dict[str, Any], probe: list[Path], test: list[Path],
+               cache: dict[str, Any]) -> int:
+    """Evaluate the checkpoint of every finished run of ``setting`` again (an evaluation that changed, e.g.
+    new anomaly features) and rewrite ``results.jsonl`` in place (a temporary file renamed over it)."""
+    from train.evaluate import evaluate
+
+    results = [json.loads(line) for line in results_path.read_text().splitlines() if line.strip()]
+    for rec in results:
+        if rec["setting"] != setting:
+            continue
+        run = run_dir(out, rec["variant"], rec["seed"], setting)
+        use_best = early_stopped(rec["variant"]) and (run / "best.pt").is_file()
+        t0 = time.time()
+        rec["eval"] = evaluate(run / ("best.pt" if use_best else "last.pt"), probe, test, threads=2, cache=cache)
+        rec["eval_seconds"] = round(time.time() - t0, 1)
+        print(f"ablation: {rec['variant']} seed {rec['seed']}: evaluated again in {rec['eval_seconds']:.0f} s",
+              flush=True)
+    tmp = results_path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in results))
+    tmp.replace(results_path)
+    print(table([r for r in load_results(results_path) if r["setting"] == setting]))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train.ablation", description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="working directory: footage, runs, results.jsonl")
@@ -249,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=sorted(
         p.stem for p in CONFIGS.glob("*.yaml")))
     ap.add_argument("--table-only", action="store_true", help="print the table of DIR/results.jsonl and stop")
+    ap.add_argument("--reevaluate", action="store_true",
+                    help="evaluate every run already in DIR/results.jsonl again with today's evaluation "
+                         "(its checkpoints, the same footage; nothing is retrained) and rewrite the file")
     args = ap.parse_args(argv)
 
     out = Path(args.out)
@@ -273,13 +304,15 @@ def main(argv: list[str] | None = None) -> int:
     cache: dict[str, Any] = {}
     setting = {"train_minutes": args.train_minutes, "probe_minutes": args.probe_minutes,
                "test_minutes": args.test_minutes, "epochs": args.epochs}
+    if args.reevaluate:
+        return reevaluate(out, results_path, setting, probe, test, cache)
     for seed in args.seeds:  # seed-major: a run stopped early still has every variant for the first seeds
         for variant in args.variants:
             done = load_results(results_path)
             if any(r["variant"] == variant and r["seed"] == seed and r["setting"] == setting for r in done):
                 print(f"ablation: {variant} seed {seed}: already in {results_path}", flush=True)
                 continue
-            run = out / "runs" / f"{variant}-e{args.epochs}-m{args.train_minutes:g}" / f"seed{seed}"
+            run = run_dir(out, variant, seed, setting)
             run.mkdir(parents=True, exist_ok=True)
             train_args = ["train", *map(str, train), "--out", str(run), "--config", str(frozen_config(out, variant)),
                           "--seed", str(seed), "--no-progress", "--cache-dir", str(out / "cache")]
