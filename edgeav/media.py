@@ -58,13 +58,20 @@ class MediaInfo:
         return self.sample_rate > 0
 
     @property
+    def has_video(self) -> bool:
+        return self.width > 0
+
+    @property
     def separate_audio(self) -> bool:
         return self.audio_path != self.path
 
 
 @dataclass
 class FootageWindows:
-    """A file cut into windows: ``t_starts [N]``, ``frames uint8 [N, F, H, W, 3]``, ``audio float32 [N, S]``."""
+    """A file cut into windows: ``t_starts [N]``, ``frames uint8 [N, F, H, W, 3]``, ``audio float32 [N, S]``.
+
+    A modality left out of :func:`footage_windows`'s ``modalities`` has an empty array (0 rows), never filler.
+    """
 
     t_starts: np.ndarray
     frames: np.ndarray
@@ -168,17 +175,21 @@ def wav_companion(path: Path) -> Path | None:
     return None
 
 
-def probe(path: str | os.PathLike[str], require_audio: bool = True) -> MediaInfo:
+def probe(path: str | os.PathLike[str], require_audio: bool = True, require_video: bool = True) -> MediaInfo:
     """Read the headers: streams, duration, size, fps, sample rate. Raises :class:`UserError` for bad footage.
 
     ``require_audio=False`` accepts video-only footage (replay's degraded mode: windows flagged as having
     no audio); its ``sample_rate`` is then 0 and :attr:`MediaInfo.has_audio` is False.
+    ``require_video=False`` likewise accepts audio-only footage (a search query by sound): ``width`` is then
+    0 and :attr:`MediaInfo.has_video` is False. A file with neither stream is always an error.
     """
     p = Path(path)
     with _open(p) as c:
-        if not c.streams.video:
+        if not c.streams.video and (require_video or not c.streams.audio):
             kind = "an audio-only file" if c.streams.audio else "no streams"
             raise UserError(f"{p}: no video stream ({kind})")
+        if not c.streams.video:
+            return _probe_audio_only(p, c)
         vs = c.streams.video[0]
         fps = float(vs.average_rate or vs.guessed_rate or vs.base_rate or 0)
         if vs.duration is not None and vs.time_base is not None:
@@ -211,6 +222,19 @@ def probe(path: str | os.PathLike[str], require_audio: bool = True) -> MediaInfo
         raise UserError(f"{p}: unreadable: video stream has no frame size")
     return MediaInfo(path=p, audio_path=audio_path, duration=duration, width=width, height=height, fps=fps,
                      sample_rate=sr, channels=ch, video_codec=vcodec, audio_codec=acodec)
+
+
+def _probe_audio_only(p: Path, c: av.container.InputContainer) -> MediaInfo:
+    a = c.streams.audio[0]
+    if a.duration is not None and a.time_base is not None:
+        duration = float(a.duration * a.time_base)
+    elif c.duration is not None:
+        duration = float(c.duration) / av.time_base
+    else:
+        duration = float("nan")
+    return MediaInfo(path=p, audio_path=p, duration=duration, width=0, height=0, fps=0.0,
+                     sample_rate=int(a.codec_context.sample_rate), channels=int(a.codec_context.channels),
+                     video_codec="", audio_codec=a.codec_context.name)
 
 
 # ------------------------------------------------------------------------------------------------ decoding
@@ -310,16 +334,19 @@ def decode_audio(path: str | os.PathLike[str], sample_rate: int = AUDIO_SAMPLE_R
 
 
 def iter_av(path: str | os.PathLike[str], sample_rate: int = AUDIO_SAMPLE_RATE, info: MediaInfo | None = None,
-            av_offset_s: float = 0.0, clock: Callable[[float], None] | None = None
-            ) -> Iterator[tuple[str, float, Any]]:
+            av_offset_s: float = 0.0, clock: Callable[[float], None] | None = None,
+            modalities: tuple[str, ...] = ("video", "audio")) -> Iterator[tuple[str, float, Any]]:
     """A file's video frames and audio blocks merged in time order, on the file's own clock.
 
     Yields ``("video", t, av.VideoFrame)`` and ``("audio", t0, float32 samples)``. Video-only footage
-    (``info.has_audio`` false) yields frames only. ``av_offset_s`` is the per-source correction from the
+    (``info.has_audio`` false) yields frames only, audio-only footage blocks only; a stream not in
+    ``modalities`` is not decoded at all. ``av_offset_s`` is the per-source correction from the
     config: audio captured ``av_offset_s`` late is moved earlier by that much. ``clock(seconds)`` is told
     the time spent decoding (the floor of replay).
     """
     info = info or probe(path, require_audio=False)
+    use_video = info.has_video and "video" in modalities
+    use_audio = info.has_audio and "audio" in modalities
 
     def timed(it: Iterator[tuple[float, Any]], kind: str, shift: float) -> Iterator[tuple[float, str, Any]]:
         while True:
@@ -333,18 +360,18 @@ def iter_av(path: str | os.PathLike[str], sample_rate: int = AUDIO_SAMPLE_RATE, 
                     clock(time.perf_counter() - t0)
             yield t - shift, kind, item
 
-    video = timed(iter_video_frames(path), "video", 0.0)
-    if not info.has_audio:
-        for t, kind, item in video:
-            yield kind, t, item
-        return
-    audio = timed(iter_audio_blocks(path, sample_rate, info.audio_path), "audio", av_offset_s)
+    video = timed(iter_video_frames(path), "video", 0.0) if use_video else iter(())
+    audio = timed(iter_audio_blocks(path, sample_rate, info.audio_path), "audio", av_offset_s) if use_audio \
+        else iter(())
     for t, kind, item in heapq.merge(video, audio, key=lambda x: x[0]):
         yield kind, t, item
 
 
-def check_decoded_length(info: MediaInfo, video_end: float, audio_end: float | None) -> None:
-    """Refuse footage whose video or audio decodes to well short of the duration its header declares."""
+def check_decoded_length(info: MediaInfo, video_end: float | None, audio_end: float | None) -> None:
+    """Refuse footage whose video or audio decodes to well short of the duration its header declares.
+
+    ``None`` for a stream that was not decoded.
+    """
     if not np.isfinite(info.duration):
         return
     tol = max(TRUNCATION_TOLERANCE_S, TRUNCATION_TOLERANCE_FRAC * info.duration)
@@ -355,30 +382,41 @@ def check_decoded_length(info: MediaInfo, video_end: float, audio_end: float | N
 
 
 def footage_windows(path: str | os.PathLike[str], spec: WindowSpec | None = None,
-                    info: MediaInfo | None = None, check_truncation: bool = True) -> FootageWindows:
-    """Decode a footage file into all its whole windows (both modalities covered).
+                    info: MediaInfo | None = None, check_truncation: bool = True,
+                    modalities: tuple[str, ...] = ("video", "audio")) -> FootageWindows:
+    """Decode a footage file into all its whole windows (every modality in ``modalities`` covered).
 
-    Raises :class:`UserError` for bad footage, including a file whose decodable video or audio ends well
-    before the duration its header declares (truncated).
+    By default both modalities, as training needs. A query by one modality (``edgeav search --mode
+    video``) passes just that one: the other stream is neither required nor decoded, and its array in the
+    result is empty. Raises :class:`UserError` for bad footage (a stream it needs missing, or a file whose
+    decodable video or audio ends well before the duration its header declares: truncated).
     """
     spec = spec or WindowSpec()
     p = Path(path)
-    info = info or probe(p)
-    asm = WindowAssembler(spec, FrameResizer(spec.frame_width, spec.frame_height))
+    use_video, use_audio = "video" in modalities, "audio" in modalities
+    info = info or probe(p, require_audio=use_audio, require_video=use_video)
+    if use_video and not info.has_video:
+        raise UserError(f"{p}: no video stream (an audio-only file)")
+    if use_audio and not info.has_audio:
+        raise UserError(f"{p}: no audio stream (and no {p.stem}.wav beside it)")
+    asm = WindowAssembler(spec, FrameResizer(spec.frame_width, spec.frame_height), has_video=use_video,
+                          has_audio=use_audio)
     windows = []
-    for kind, t, item in iter_av(p, spec.sample_rate, info):
+    for kind, t, item in iter_av(p, spec.sample_rate, info, modalities=modalities):
         windows += asm.add_video_frame(t, item) if kind == "video" else asm.add_audio(t, item)
-    if not np.isfinite(asm.audio_end):
+    if use_audio and not np.isfinite(asm.audio_end):
         raise UserError(f"{info.audio_path}: unreadable: no audio could be decoded")
+    if use_video and not np.isfinite(asm.video_end):
+        raise UserError(f"{p}: unreadable: no video frame could be decoded")
     if check_truncation:
-        check_decoded_length(info, asm.video_end, asm.audio_end)
+        check_decoded_length(info, asm.video_end if use_video else None, asm.audio_end if use_audio else None)
     windows += asm.finish()
-    duration = min(asm.video_end, asm.audio_end)
-    # Whole windows that both modalities cover.
-    keep = [w for w in windows if not w.missing and w.t_end <= duration + 1e-6]
+    duration = min(asm.video_end if use_video else np.inf, asm.audio_end if use_audio else np.inf)
+    # Whole windows that every wanted modality covers.
+    keep = [w for w in windows if not (set(w.missing) & set(modalities)) and w.t_end <= duration + 1e-6]
     n, f, s = len(keep), spec.frames_per_window, spec.samples_per_window
     t_starts = np.array([w.t_start for w in keep], dtype=np.float64)
-    frames = (np.stack([w.frames for w in keep]) if n
+    frames = (np.stack([w.frames for w in keep]) if n and use_video
               else np.zeros((0, f, spec.frame_height, spec.frame_width, 3), np.uint8))
-    win_audio = np.stack([w.audio for w in keep]) if n else np.zeros((0, s), np.float32)
+    win_audio = np.stack([w.audio for w in keep]) if n and use_audio else np.zeros((0, s), np.float32)
     return FootageWindows(t_starts=t_starts, frames=frames, audio=win_audio, duration=duration)

@@ -108,16 +108,46 @@ def find_event(directory: Path, event_id: str) -> tuple[int, float, float]:
     raise UserError(f"{directory}: no event or alert with id {event_id!r} in this index")
 
 
+# The streams a query clip must have for each --mode (the others are not decoded).
+MODE_STREAMS = {"joint": ("video", "audio"), "audio": ("audio",), "video": ("video",)}
+
+
+def check_clip_streams(clip: Path, mode: str) -> tuple[str, ...]:
+    """The modalities to decode from ``clip`` for ``mode``; a clip missing one is a :class:`UserError`.
+
+    A video-only clip is a fine query for ``--mode video`` (and an audio-only one for ``--mode audio``);
+    a clip missing a stream the mode compares gets one line naming the clip, the stream and the mode that works.
+    """
+    from edgeav.media import probe
+
+    info = probe(clip, require_audio=False, require_video=False)
+    present = {"video": info.has_video, "audio": info.has_audio}
+    need = MODE_STREAMS[mode]
+    missing = [m for m in need if not present[m]]
+    if missing:
+        what = missing[0]
+        other = "video" if what == "audio" else "audio"
+        if what == "audio":
+            why = f"no audio stream (and no {clip.stem}.wav beside it)"
+        else:
+            why = "no video stream (an audio-only file)"
+        uses = "(the default) compares audio and video" if mode == "joint" else f"compares {what} only"
+        raise UserError(f"{clip}: {why}, and --mode {mode} {uses}: search this clip with --mode {other}")
+    return need
+
+
 def query_from_clip(models: str | None, clip: Path, start: float | None, end: float | None,
-                    meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+                    meta: dict[str, Any], mode: str = "joint") -> tuple[np.ndarray, np.ndarray]:
+    """The query embeddings of a clip (or its ``start``-``end`` part); a modality ``mode`` ignores is zeros."""
     from edgeav.bundle import load_bundle
     from edgeav.media import footage_windows
 
+    modalities = check_clip_streams(clip, mode)
     bundle = load_bundle(models)
     if bundle.bundle_id != meta["bundle_id"]:
         raise UserError(f"bundle {bundle.bundle_id} is not the one this index was built with ({meta['bundle_id']}): "
                         "give the index's bundle with --models")
-    fw = footage_windows(clip, bundle.window_spec)
+    fw = footage_windows(clip, bundle.window_spec, modalities=modalities)
     t0 = -np.inf if start is None else start
     t1 = np.inf if end is None else end
     sel = (fw.t_starts >= t0 - 1e-6) & (fw.t_starts + bundle.window_spec.window_s <= t1 + 1e-6)
@@ -125,7 +155,10 @@ def query_from_clip(models: str | None, clip: Path, start: float | None, end: fl
         sel = (fw.t_starts < t1) & (fw.t_starts + bundle.window_spec.window_s > t0)
     if not sel.any():
         raise UserError(f"{clip}: no window between --start {start} and --end {end}")
-    return bundle.embed_audio(fw.audio[sel]).mean(0), bundle.embed_video(fw.frames[sel]).mean(0)
+    dim = int(meta["embedding_size"])
+    qa = bundle.embed_audio(fw.audio[sel]).mean(0) if "audio" in modalities else np.zeros(dim, np.float32)
+    qv = bundle.embed_video(fw.frames[sel]).mean(0) if "video" in modalities else np.zeros(dim, np.float32)
+    return qa, qv
 
 
 def run(args: argparse.Namespace) -> int:
@@ -141,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
         exclude = (src, t0, t1)
     else:
         clip = Path(args.clip)
-        qa, qv = query_from_clip(args.models, clip, args.start, args.end, meta)
+        qa, qv = query_from_clip(args.models, clip, args.start, args.end, meta, args.mode)
         for sid, n in index.names.items():  # the clip is indexed footage: do not return the query itself
             if n["footage"] and Path(n["footage"]).resolve() == clip.resolve():
                 exclude = (sid, args.start or 0.0, args.end if args.end is not None else np.inf)

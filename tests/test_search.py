@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -125,3 +126,55 @@ def test_search_bench_runs_the_real_index_and_search() -> None:
     bad = subprocess.run([sys.executable, "-m", "edgeav.search_bench", "--windows", "3"], capture_output=True,
                          text=True, timeout=60, cwd=REPO)
     assert bad.returncode == 2 and "--windows" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def one_stream_clips(tmp_path_factory: pytest.TempPathFactory, toy_bundle: Any) -> dict[str, Any]:
+    """A camera file (broad patterns that drift and a chirp:
+    every window differs, even at the toy bundle's 16x8 frames) indexed with the toy bundle, and its
+    video-only and audio-only copies (streams copied, not re-encoded: the same frames and samples)."""
+    from edgeav.index import IndexWriter
+    from edgeav.media import footage_windows
+    from tests.footage_helpers import ffmpeg
+
+    d = tmp_path_factory.mktemp("one_stream")
+    cam = d / "cam.mp4"
+    ffmpeg("-f", "lavfi", "-i", "nullsrc=size=320x180:rate=15,format=yuv420p,"
+           "geq=lum='128+120*sin(2*PI*(X/W*(1+T)+0.7*T))':cb='128+100*sin(1.3*T+3*Y/H)'"
+           ":cr='128+100*cos(0.9*T+2*X/W)'", "-f", "lavfi", "-i",
+           "aevalsrc=sin(2*PI*(300+150*t)*t):s=16000", "-t", "8", "-c:v", "libx264", "-preset", "ultrafast",
+           "-pix_fmt", "yuv420p", "-c:a", "aac", str(cam))
+    fw = footage_windows(cam, toy_bundle.window_spec)
+    w = IndexWriter(d / "index", int(toy_bundle.manifest["embedding_size"]), toy_bundle.bundle_id)
+    src = w.source_id("cam", str(cam))
+    w.add(src, fw.t_starts, fw.t_starts + toy_bundle.window_spec.window_s, toy_bundle.embed_audio(fw.audio),
+          toy_bundle.embed_video(fw.frames))
+    w.close()
+    ffmpeg("-i", str(cam), "-an", "-c", "copy", str(d / "video_only.mp4"))
+    ffmpeg("-i", str(cam), "-vn", "-c", "copy", str(d / "audio_only.m4a"))
+    return {"index": d / "index", "bundle": toy_bundle.path, "video": d / "video_only.mp4",
+            "audio": d / "audio_only.m4a", "window_s": toy_bundle.window_spec.window_s}
+
+
+@pytest.mark.parametrize("stream", ["video", "audio"])
+def test_a_clip_with_one_stream_is_a_query_for_that_mode(one_stream_clips: dict[str, Any], stream: str) -> None:
+    """A video-only clip searches by video, an audio-only one by sound: the indexed footage it was cut from is
+    found at the query's own time (one window from 3 s), as the best moment, with the same embedding."""
+    c = one_stream_clips
+    proc = run_edgeav("search", "--index", c["index"], "--models", c["bundle"], "--clip", c[stream],
+                      "--start", "3", "--end", str(3 + c["window_s"]), "--mode", stream, "--top", "3", "--json",
+                      timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    moments = json.loads(proc.stdout)
+    assert len(moments) == 3 and moments[0]["camera"] == "cam"
+    best = moments[0]
+    assert best["t_start"] <= 3 and best["t_end"] >= 3 + c["window_s"], moments  # the query's own span
+    assert best["score"] > 0.99 and moments[1]["score"] < best["score"], moments  # measured: 1.0, then 0.96
+
+
+@pytest.mark.parametrize("stream, missing", [("video", "no audio stream"), ("audio", "no video stream")])
+def test_joint_search_names_the_missing_stream_and_the_mode_that_works(one_stream_clips: dict[str, Any],
+                                                                       stream: str, missing: str) -> None:
+    c = one_stream_clips
+    proc = run_edgeav("search", "--index", c["index"], "--models", c["bundle"], "--clip", c[stream], timeout=60)
+    assert_one_line_error(proc, c[stream].name, missing, "--mode joint", f"--mode {stream}")
