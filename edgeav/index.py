@@ -9,8 +9,9 @@ Layout of an index directory::
 
 Why this shape: rows have a fixed size and are appended with one ``write`` each, so a crash
 mid-write leaves at most a partial last row, which readers ignore (the file size is cut
-down to whole rows) — the index is never lost. Segments are plain float32 arrays read
-with ``numpy.memmap``: no pickle, no database, and retention deletes whole old segments.
+down to whole rows) — the index is never lost. Segments are plain float32 arrays read in
+chunks straight into the result (peak RAM ~1x the index): no pickle, no database, and
+retention deletes whole old segments.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ RECORDS = "records.jsonl"
 SEGMENT_BYTES = 64 * 1024 * 1024
 # A row: t_start, t_end (as float32 pairs of a float64 split would be fragile: store float64 as two float32 words)
 _HEAD = 5  # t_start (f64 = 2 words), t_end (f64 = 2 words), source id (1 word, as float32-bit-cast uint32)
+# read_index reads segments through a buffer of about this many bytes (the only memory beyond the result).
+_READ_BYTES = 4 * 1024 * 1024
 
 
 def _row_size(dim: int) -> int:
@@ -206,25 +209,62 @@ def _read_names(directory: Path) -> dict[int, dict[str, str]]:
 
 
 def read_index(directory: str | Path) -> IndexedWindows:
-    """Every whole row of every segment (a torn last row is ignored), memory-mapped."""
+    """Every whole row of every segment (a torn last row is ignored).
+
+    Peak memory stays near the loaded index's own size: the result arrays are allocated once and each
+    segment is read in small chunks straight into its slice of them (no concatenated copy of the rows, no
+    mapped segment pages counted against the process). ``python -m edgeav.search_bench`` measures it.
+    """
     d = Path(directory)
     meta = read_meta(d)
     dim = meta["embedding_size"]
     words = _row_size(dim)
-    parts = []
+    row_bytes = words * 4
+    sizes: list[tuple[Path, int]] = []
     for s in segments(d):
-        n = s.stat().st_size // (words * 4)
+        try:
+            n = s.stat().st_size // row_bytes
+        except FileNotFoundError:  # removed by retention since the listing
+            continue
         if n:
-            parts.append(np.memmap(s, dtype=np.float32, mode="r", shape=(n, words)))
-    rows = np.concatenate(parts) if parts else np.zeros((0, words), np.float32)
-    return IndexedWindows(
-        t_start=np.ascontiguousarray(rows[:, 0:2]).view(np.float64).reshape(-1),
-        t_end=np.ascontiguousarray(rows[:, 2:4]).view(np.float64).reshape(-1),
-        source=np.ascontiguousarray(rows[:, 4]).view(np.uint32),
-        audio=np.ascontiguousarray(rows[:, _HEAD:_HEAD + dim]),
-        video=np.ascontiguousarray(rows[:, _HEAD + dim:]),
-        names=_read_names(d),
-    )
+            sizes.append((s, n))
+    total = sum(n for _, n in sizes)
+    t_start = np.empty(total, np.float64)
+    t_end = np.empty(total, np.float64)
+    source = np.empty(total, np.uint32)
+    audio = np.empty((total, dim), np.float32)
+    video = np.empty((total, dim), np.float32)
+    # The rows' float64 times and uint32 ids are stored as float32 words: write the words in place.
+    t_start_words = t_start.view(np.float32).reshape(total, 2)
+    t_end_words = t_end.view(np.float32).reshape(total, 2)
+    source_words = source.view(np.float32)
+    buf = np.empty((max(1, min(total, _READ_BYTES // row_bytes)), words), np.float32)
+    at = 0
+    for seg, n in sizes:
+        try:
+            f = open(seg, "rb")  # noqa: SIM115 (closed by the with below; opening may fail on its own)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise UserError(f"{seg}: cannot read the index segment ({exc.strerror})") from None
+        with f:
+            left = n
+            while left:
+                want = min(left, len(buf))
+                k = f.readinto(memoryview(buf[:want]).cast("B")) // row_bytes
+                if k == 0:  # the segment was cut shorter since its size was read
+                    break
+                rows = buf[:k]
+                t_start_words[at:at + k] = rows[:, 0:2]
+                t_end_words[at:at + k] = rows[:, 2:4]
+                source_words[at:at + k] = rows[:, 4]
+                audio[at:at + k] = rows[:, _HEAD:_HEAD + dim]
+                video[at:at + k] = rows[:, _HEAD + dim:]
+                at += k
+                left -= k
+    # Rows a concurrent retention removed are cut off (slicing the first axis copies nothing).
+    return IndexedWindows(t_start=t_start[:at], t_end=t_end[:at], source=source[:at], audio=audio[:at],
+                          video=video[:at], names=_read_names(d))
 
 
 def iter_records(directory: str | Path) -> Iterator[dict[str, Any]]:

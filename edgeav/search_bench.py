@@ -5,7 +5,8 @@ Builds an index of N synthetic windows in a temporary directory with the real
 times the real code paths: :func:`~edgeav.index.read_index` (load, warm page cache: the file
 was just written) and one query (:func:`~edgeav.search.similarity` + :func:`~edgeav.search.top_moments`,
 median of several), and reports the memory the loaded index and a query take (tracemalloc peak,
-numpy's allocations included). From the measured per-window cost it extrapolates where one query
+numpy's allocations included; and the load's peak RSS growth in a fresh process, which also counts
+mapped file pages). From the measured per-window cost it extrapolates where one query
 passes an interactive budget: past that, an approximate nearest-neighbour index (FAISS: IVF-PQ or
 HNSW) takes over from the matrix product.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -75,6 +77,36 @@ def _query(index: IndexedWindows, i: int, mode: str, top: int) -> tuple[float, i
     return time.perf_counter() - t0, len(moments)
 
 
+# Run in a fresh interpreter so its high-water mark is the load's alone. /proc's VmHWM, not ru_maxrss: Linux
+# carries ru_maxrss across fork+exec, so a child would report its parent's peak.
+_RSS_PROBE = ("import sys\n"
+              "from edgeav.index import read_index\n"
+              "def vm(key):\n"
+              "    for line in open('/proc/self/status'):\n"
+              "        if line.startswith(key + ':'):\n"
+              "            return int(line.split()[1]) * 1024\n"
+              "before = vm('VmRSS')\n"
+              "i = read_index(sys.argv[1])\n"
+              "print(vm('VmHWM') - before, i.audio.nbytes + i.video.nbytes + i.t_start.nbytes + i.t_end.nbytes"
+              " + i.source.nbytes)\n")
+
+
+def load_peak_rss(directory: Path) -> tuple[int, int]:
+    """(peak RSS growth while ``read_index`` loads ``directory``, bytes of the loaded arrays), in a fresh process.
+
+    RSS counts what tracemalloc cannot: pages of memory-mapped files and allocations outside numpy.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                      env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(directory)], capture_output=True, text=True,
+                          timeout=600, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"read_index in a fresh process failed: {proc.stderr.strip()}")
+    grew, loaded = proc.stdout.split()
+    return int(grew), int(loaded)
+
+
 def measure(n: int, queries: int = 7, top: int = 10) -> dict[str, float]:
     """Build, load and query an index of ``n`` windows; seconds and bytes."""
     with tempfile.TemporaryDirectory(prefix="edgeav-search-bench-") as tmp:
@@ -101,8 +133,9 @@ def measure(n: int, queries: int = 7, top: int = 10) -> dict[str, float]:
         tracemalloc.stop()
         resident = index.audio.nbytes + index.video.nbytes + 2 * index.t_start.nbytes + index.source.nbytes
         del index
+        rss_peak, _ = load_peak_rss(d)
     return {"windows": n, "hours": n * HOP_S / 3600, "write_s": write_s, "disk_bytes": disk, "load_s": load_s,
-            "load_peak_bytes": load_peak, "index_bytes": resident,
+            "load_peak_bytes": load_peak, "load_rss_bytes": rss_peak, "index_bytes": resident,
             "query_joint_s": statistics.median(times["joint"]), "query_audio_s": statistics.median(times["audio"]),
             "query_peak_bytes": query_peak}
 
@@ -119,15 +152,16 @@ def main(argv: list[str] | None = None) -> int:
     blas = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or "default (one per core)"
     print(f"exact search, {DIM}-d audio + video embeddings, one camera at a {HOP_S} s hop; "
           f"numpy {np.__version__}, BLAS threads {blas}, {os.cpu_count()} CPUs, warm page cache")
-    print(f"{'windows':>10} {'hours':>7} {'disk MiB':>9} {'load s':>7} {'load peak MiB':>13} "
+    print(f"{'windows':>10} {'hours':>7} {'disk MiB':>9} {'load s':>7} {'load peak MiB':>13} {'load RSS MiB':>12} "
           f"{'joint query ms':>14} {'audio query ms':>14} {'query peak MiB':>14}")
     rows = []
     for n in args.windows:
         r = measure(n, args.queries)
         rows.append(r)
         print(f"{n:>10,} {r['hours']:>7.1f} {r['disk_bytes'] / mib:>9.0f} {r['load_s']:>7.2f} "
-              f"{r['load_peak_bytes'] / mib:>13.0f} {r['query_joint_s'] * 1e3:>14.1f} "
-              f"{r['query_audio_s'] * 1e3:>14.1f} {r['query_peak_bytes'] / mib:>14.0f}", flush=True)
+              f"{r['load_peak_bytes'] / mib:>13.0f} {r['load_rss_bytes'] / mib:>12.0f} "
+              f"{r['query_joint_s'] * 1e3:>14.1f} {r['query_audio_s'] * 1e3:>14.1f} "
+              f"{r['query_peak_bytes'] / mib:>14.0f}", flush=True)
     big = max(rows, key=lambda r: r["windows"])
     per_window = big["query_joint_s"] / big["windows"]
     limit = QUERY_BUDGET_S / per_window

@@ -122,7 +122,7 @@ def test_search_bench_runs_the_real_index_and_search() -> None:
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     row = next(ln for ln in proc.stdout.splitlines() if ln.strip().startswith("2,000"))
-    assert len(row.split()) == 8 and "FAISS" in proc.stdout
+    assert len(row.split()) == 9 and "FAISS" in proc.stdout
     bad = subprocess.run([sys.executable, "-m", "edgeav.search_bench", "--windows", "3"], capture_output=True,
                          text=True, timeout=60, cwd=REPO)
     assert bad.returncode == 2 and "--windows" in bad.stderr and "Traceback" not in bad.stderr
