@@ -86,9 +86,17 @@ def feature_name(modality: str, output: str) -> str:
     return modality + _FEATURE_SUFFIX[output]
 
 
-def feature_modalities(name: str) -> tuple[str, ...]:
-    """The modalities a feature needs (``joint`` needs both)."""
-    return MODALITIES if name == "joint" else (name.split("_", 1)[0],)
+def av_disagreement(audio_emb: np.ndarray, video_emb: np.ndarray) -> np.ndarray:
+    """``[B, 1]``: one minus the cosine between a window's audio and video embeddings. The encoders were
+    trained to make sound and picture of one moment agree, so a sound its picture does not explain (design.md
+    section 3) scores high."""
+    a = _l2(np.asarray(audio_emb, dtype=np.float32))
+    v = _l2(np.asarray(video_emb, dtype=np.float32))
+    return (1.0 - (a * v).sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+# Window features computed from the two embeddings rather than read from a model output.
+DERIVED_FEATURES = {"joint": joint_embedding, "av_disagreement": av_disagreement}
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
@@ -344,15 +352,15 @@ class Bundle:
 
     @property
     def features_available(self) -> tuple[str, ...]:
-        """Every window feature this bundle's models give (see :func:`feature_name`), and ``joint``."""
+        """Every window feature this bundle's models give (see :func:`feature_name`), and the derived ones."""
         names = [feature_name(m, o) for m in MODALITIES for o in MODEL_OUTPUTS
                  if o in self._outputs(m)]
-        return (*names, "joint")
+        return (*names, *DERIVED_FEATURES)
 
     @property
     def feature_dims(self) -> dict[str, int]:
         """The width of every feature the bundle gives (from the models' output shapes)."""
-        dims = {"joint": self.joint_size}
+        dims = {"joint": self.joint_size, "av_disagreement": 1}
         for m in MODALITIES:
             session = self.audio_session if m == "audio" else self.video_session
             for o in session.get_outputs():
@@ -404,7 +412,8 @@ class Bundle:
                             f"{', '.join(self.features_available)}; re-export it with this version for more)")
         parts: dict[str, list[np.ndarray]] = {n: [] for n in want}
         per_modality = {m: [o for o in MODEL_OUTPUTS if any(
-            n == feature_name(m, o) or (n == "joint" and o == EMBEDDING_OUTPUT) for n in want)] for m in MODALITIES}
+            n == feature_name(m, o) or (n in DERIVED_FEATURES and o == EMBEDDING_OUTPUT) for n in want)]
+            for m in MODALITIES}
         for i in range(0, len(audio), batch):
             got: dict[str, np.ndarray] = {}
             for m, outs in per_modality.items():
@@ -413,9 +422,9 @@ class Bundle:
                     got.update(zip((feature_name(m, o) for o in outs),
                                    run((audio if m == "audio" else frames)[i:i + batch], outs), strict=True))
             for n in want:
-                parts[n].append(joint_embedding(got["audio"], got["video"]) if n == "joint" else got[n])
+                parts[n].append(DERIVED_FEATURES[n](got["audio"], got["video"]) if n in DERIVED_FEATURES else got[n])
         if not len(audio):
-            return {n: np.zeros((0, self.joint_size if n == "joint" else 0), np.float32) for n in want}
+            return {n: np.zeros((0, self.feature_dims.get(n, 0)), np.float32) for n in want}
         return {n: np.concatenate(v).astype(np.float32, copy=False) for n, v in parts.items()}
 
 

@@ -37,7 +37,7 @@ log = logging.getLogger("edgeav.calibrate")
 MEMORY_FORMAT = "edgeav.anomaly_memory/2"
 LEGACY_FORMAT = "edgeav.anomaly_memory/1"  # one joint/audio/video embedding memory, raw distances
 # The features a part may use: see edgeav.bundle.feature_name (embeddings, pre-projection, front-end summary).
-FEATURES = ("joint", "audio", "video", "audio_pre", "video_pre", "audio_summary", "video_summary")
+FEATURES = ("joint", "audio", "video", "audio_pre", "video_pre", "audio_summary", "video_summary", "av_disagreement")
 # Measured best at a held-out synth site (README, "Anomaly features"); used when the bundle gives them.
 DEFAULT_FEATURES = ("audio_summary", "video_summary")
 SPREAD_QUANTILE = 0.99  # a part's normal scores are rescaled so that median -> 0 and this quantile -> 1
@@ -381,11 +381,14 @@ def incidents_caught(scores: np.ndarray, anomalous: np.ndarray, file_index: np.n
 
 
 def candidate_feature_sets(available: tuple[str, ...]) -> list[tuple[str, ...]]:
-    """What ``--features auto`` compares: every single feature, and every audio feature with every video one."""
+    """What ``--features auto`` compares: every single feature, every audio feature with every video one, and
+    each such pair with the audio-visual disagreement."""
     have = [f for f in FEATURES if f in available]
     audio = [f for f in have if f.startswith("audio")]
     video = [f for f in have if f.startswith("video")]
-    return [(f,) for f in have] + [(a, v) for a in audio for v in video]
+    pairs = [(a, v) for a in audio for v in video]
+    extra = [(*p, "av_disagreement") for p in pairs] if "av_disagreement" in have else []
+    return [(f,) for f in have] + pairs + extra
 
 
 def choose_features(normal: dict[str, np.ndarray], validation: Any, hop_s: float, false_alarms_per_hour: float,

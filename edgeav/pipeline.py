@@ -20,7 +20,15 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from edgeav.bundle import EMBEDDING_OUTPUT, MODALITIES, MODEL_OUTPUTS, Bundle, feature_name, joint_embedding
+from edgeav.bundle import (
+    DERIVED_FEATURES,
+    EMBEDDING_OUTPUT,
+    MODALITIES,
+    MODEL_OUTPUTS,
+    Bundle,
+    feature_name,
+    joint_embedding,
+)
 from edgeav.decide import AnomalyDecider, AnomalyParams, EventLocalizer, EventParams
 from edgeav.index import IndexWriter
 from edgeav.labels import BACKGROUND
@@ -192,7 +200,9 @@ class CameraPipeline:
         video_emb = np.nan_to_num(feats[VIDEO], nan=0.0)
         both = np.array([w.audio is not None and w.frames is not None for w in windows])
         joint = joint_embedding(audio_emb, video_emb)
-        feats["joint"] = np.where(both[:, None], joint, np.nan).astype(np.float32)
+        for name, derive in DERIVED_FEATURES.items():
+            value = joint if name == "joint" else derive(audio_emb, video_emb)
+            feats[name] = np.where(both[:, None], value, np.nan).astype(np.float32)
         if self.index is not None:
             self.index.add(self._index_source, np.array([w.t_start for w in windows]),
                            np.array([w.t_end for w in windows]), audio_emb, video_emb)

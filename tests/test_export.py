@@ -89,7 +89,11 @@ def test_export_parity_on_real_windows(exported):
     assert np.abs(ta[0] - ta[-1]).max() > 1e-3 and np.abs(tv[0] - tv[-1]).max() > 1e-3
     # The features the anomaly scorer may use come out of the same graphs, equal to torch's.
     feats = b.features(w.audio, w.frames)
-    assert set(feats) == {"audio", "audio_pre", "audio_summary", "video", "video_pre", "video_summary", "joint"}
+    assert set(feats) == {"audio", "audio_pre", "audio_summary", "video", "video_pre", "video_summary", "joint",
+                          "av_disagreement"}
+    cos = (feats["audio"] * feats["video"]).sum(1) / np.linalg.norm(feats["audio"], axis=1) \
+        / np.linalg.norm(feats["video"], axis=1)
+    np.testing.assert_allclose(feats["av_disagreement"][:, 0], 1.0 - cos, atol=1e-5)
     with torch.no_grad():
         for name, enc, x in (("audio", audio, w.audio), ("video", video, w.frames)):
             _, pre, summary = enc.all_outputs(torch.from_numpy(x))

@@ -241,7 +241,8 @@ def anomaly(normal: dict[str, np.ndarray], test: dict[str, np.ndarray], names: t
 # The feature choices the anomaly scorer is measured on: single features and the max-combined pairs
 # (names as in edgeav.bundle.feature_name; "+" joins the parts of one memory).
 ANOMALY_FEATURE_SETS = ("joint", "audio", "video", "audio+video", "audio_pre", "video_pre", "audio_pre+video_pre",
-                        "audio_summary", "video_summary", "audio_summary+video_summary")
+                        "audio_summary", "video_summary", "audio_summary+video_summary", "av_disagreement",
+                        "joint+av_disagreement", "audio_summary+video_summary+av_disagreement")
 
 
 def _features(bundle: Any, w: LabelledWindows) -> dict[str, np.ndarray]:
