@@ -161,7 +161,8 @@ class LiveCamera:
     def stop(self, timeout_s: float = 10.0) -> bool:
         """Stop capture, process the windows already queued, close open events. True when all threads ended.
 
-        An RTSP read in progress returns within the stall timeout at most (FFmpeg's own watchdog).
+        An RTSP open or read in progress is interrupted (``RtspSource.stop``), so a stalled camera does not
+        hold the stop for its stall or open timeout: well under a second, against the daemon's 10 s budget.
         """
         deadline = time.monotonic() + timeout_s
         for src in self._sources():

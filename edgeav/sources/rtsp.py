@@ -34,6 +34,7 @@ import numpy as np
 
 from edgeav.config import mask_url
 from edgeav.preprocess import AUDIO_SAMPLE_RATE
+from edgeav.sources import av_interrupt
 from edgeav.sources.base import (
     CONNECTING,
     STALLED,
@@ -118,19 +119,29 @@ class RtspSource(SourceThread):
         self.sample_rate = sample_rate
         self.audio_status = SourceStatus(name, "camera-audio") if want_audio else None
 
+    def stop(self) -> None:
+        """Stop now: a blocked open or read is interrupted (FFmpeg's interrupt callback), not waited for."""
+        super().stop()
+        th = self._thread
+        if th is not None and th.is_alive():
+            av_interrupt.interrupt(th)
+
     # ------------------------------------------------------------------ loop
     def _run(self) -> None:
         first = True
-        while not self.stopping:
-            if not first:
-                self.status.set_state(CONNECTING, "reconnecting")
-            first = False
-            why = self._session()
-            if self.stopping:
-                break
-            if self.audio_status is not None:
-                self.audio_status.set_state(STALLED, why)
-            self._back_off(self.backoff, why)
+        try:
+            while not self.stopping:
+                if not first:
+                    self.status.set_state(CONNECTING, "reconnecting")
+                first = False
+                why = self._session()
+                if self.stopping:
+                    break
+                if self.audio_status is not None:
+                    self.audio_status.set_state(STALLED, why)
+                self._back_off(self.backoff, why)
+        finally:
+            av_interrupt.release()
 
     def _open(self) -> av.container.InputContainer:
         options = {
@@ -152,6 +163,8 @@ class RtspSource(SourceThread):
         try:
             return self._stream(container)
         except (av.error.FFmpegError, OSError) as exc:
+            if self.stopping:  # stop() interrupted the read: not a stall
+                return "stopped"
             if self.status.state == STREAMING:  # PyAV's read watchdog fired, or the socket died
                 self.status.set_state(STALLED, _reason(exc))
             return f"connection lost: {_reason(exc)}"
