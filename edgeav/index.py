@@ -251,9 +251,8 @@ def read_index(directory: str | Path) -> IndexedWindows:
             left = n
             while left:
                 want = min(left, len(buf))
-                k = f.readinto(memoryview(buf[:want]).cast("B")) // row_bytes
-                if k == 0:  # the segment was cut shorter since its size was read
-                    break
+                got = f.readinto(buf[:want].data.cast("B"))
+                k = got // row_bytes
                 rows = buf[:k]
                 t_start_words[at:at + k] = rows[:, 0:2]
                 t_end_words[at:at + k] = rows[:, 2:4]
@@ -262,6 +261,8 @@ def read_index(directory: str | Path) -> IndexedWindows:
                 video[at:at + k] = rows[:, _HEAD + dim:]
                 at += k
                 left -= k
+                if k < want:  # the segment was cut shorter since its size was read: keep its whole rows
+                    break
     # Rows a concurrent retention removed are cut off (slicing the first axis copies nothing).
     return IndexedWindows(t_start=t_start[:at], t_end=t_end[:at], source=source[:at], audio=audio[:at],
                           video=video[:at], names=_read_names(d))
