@@ -15,12 +15,15 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgeav.errors import UserError
 from edgeav.index import IndexedWindows, iter_records, read_index, read_meta
+
+if TYPE_CHECKING:
+    from edgeav.media import MediaInfo
 
 MODES = ("joint", "audio", "video")
 # A window joins the moment it touches when its similarity is within this of the moment's best.
@@ -112,8 +115,9 @@ def find_event(directory: Path, event_id: str) -> tuple[int, float, float]:
 MODE_STREAMS = {"joint": ("video", "audio"), "audio": ("audio",), "video": ("video",)}
 
 
-def check_clip_streams(clip: Path, mode: str) -> tuple[str, ...]:
-    """The modalities to decode from ``clip`` for ``mode``; a clip missing one is a :class:`UserError`.
+def check_clip_streams(clip: Path, mode: str) -> tuple[MediaInfo, tuple[str, ...]]:
+    """The clip's headers and the modalities to decode from it for ``mode``; a clip missing one is a
+    :class:`UserError`.
 
     A video-only clip is a fine query for ``--mode video`` (and an audio-only one for ``--mode audio``);
     a clip missing a stream the mode compares gets one line naming the clip, the stream and the mode that works.
@@ -133,7 +137,7 @@ def check_clip_streams(clip: Path, mode: str) -> tuple[str, ...]:
             why = "no video stream (an audio-only file)"
         uses = "(the default) compares audio and video" if mode == "joint" else f"compares {what} only"
         raise UserError(f"{clip}: {why}, and --mode {mode} {uses}: search this clip with --mode {other}")
-    return need
+    return info, need
 
 
 def query_from_clip(models: str | None, clip: Path, start: float | None, end: float | None,
@@ -142,12 +146,12 @@ def query_from_clip(models: str | None, clip: Path, start: float | None, end: fl
     from edgeav.bundle import load_bundle
     from edgeav.media import footage_windows
 
-    modalities = check_clip_streams(clip, mode)
+    info, modalities = check_clip_streams(clip, mode)
     bundle = load_bundle(models)
     if bundle.bundle_id != meta["bundle_id"]:
         raise UserError(f"bundle {bundle.bundle_id} is not the one this index was built with ({meta['bundle_id']}): "
                         "give the index's bundle with --models")
-    fw = footage_windows(clip, bundle.window_spec, modalities=modalities)
+    fw = footage_windows(clip, bundle.window_spec, info, modalities=modalities)
     t0 = -np.inf if start is None else start
     t1 = np.inf if end is None else end
     sel = (fw.t_starts >= t0 - 1e-6) & (fw.t_starts + bundle.window_spec.window_s <= t1 + 1e-6)
