@@ -169,3 +169,47 @@ def test_capture_sheds_new_frames_not_memory_when_the_assembler_is_starved():
     assert cap.frames_dropped == 10
     assert q.qsize() == MAX_CAPTURE_BACKLOG + 1
     assert seen == list(range(MAX_CAPTURE_BACKLOG + 10))
+
+
+def test_interrupt_cuts_short_only_the_interrupted_thread():
+    """Two PyAV opens blocked on silent TCP peers (accepted, never a byte; 20 s timeouts): interrupting one thread
+    ends its call at once with FFmpeg's exit error, the other keeps waiting until it is interrupted in turn."""
+    import socket
+    import threading
+    import time
+
+    import av
+
+    from edgeav.sources import av_interrupt
+
+    servers = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]  # the kernel accepts; nobody talks
+    outcome: dict[int, str] = {}
+
+    def blocked_open(i: int, port: int) -> None:
+        try:
+            av.open(f"tcp://127.0.0.1:{port}", format="mpegts", timeout=(20.0, 20.0)).close()
+            outcome[i] = "opened"
+        except av.error.FFmpegError as exc:
+            outcome[i] = type(exc).__name__
+        finally:
+            av_interrupt.release()
+
+    threads = [threading.Thread(target=blocked_open, args=(i, s.getsockname()[1]), daemon=True)
+               for i, s in enumerate(servers)]
+    try:
+        for th in threads:
+            th.start()
+        time.sleep(0.5)
+        assert all(th.is_alive() for th in threads)  # both are waiting for data
+        t0 = time.monotonic()
+        assert av_interrupt.interrupt(threads[0])
+        threads[0].join(3.0)
+        assert not threads[0].is_alive() and time.monotonic() - t0 < 1.0 and outcome[0] == "ExitError"
+        time.sleep(0.5)
+        assert threads[1].is_alive(), outcome  # another camera's read is not touched
+        av_interrupt.interrupt(threads[1])
+        threads[1].join(3.0)
+        assert not threads[1].is_alive() and outcome[1] == "ExitError"
+    finally:
+        for s in servers:
+            s.close()
