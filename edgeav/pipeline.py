@@ -201,8 +201,9 @@ class CameraPipeline:
         both = np.array([w.audio is not None and w.frames is not None for w in windows])
         joint = joint_embedding(audio_emb, video_emb)
         for name, derive in DERIVED_FEATURES.items():
-            value = joint if name == "joint" else derive(audio_emb, video_emb)
-            feats[name] = np.where(both[:, None], value, np.nan).astype(np.float32)
+            if name == "joint" or name in self._anomaly_features:
+                value = joint if name == "joint" else derive(audio_emb, video_emb)
+                feats[name] = np.where(both[:, None], value, np.nan).astype(np.float32)
         if self.index is not None:
             self.index.add(self._index_source, np.array([w.t_start for w in windows]),
                            np.array([w.t_end for w in windows]), audio_emb, video_emb)
