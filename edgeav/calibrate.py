@@ -91,12 +91,13 @@ def out_of_fold_scores(x: np.ndarray, k: int, memory_size: int, folds: int = 5) 
     return out
 
 
-TAIL_QUANTILE = 0.9  # the calibration keeps its normal scores from here up: enough to re-threshold later
+KEPT_FROM = 0.5  # the calibration keeps its normal scores from the median up: enough to re-threshold later
+TAIL_FIT_FROM = 0.9  # where the exponential tail fit starts (see the module doc)
 
 
 @dataclass(frozen=True)
 class ScoreTail:
-    """The upper tail of the out-of-fold normal scores (sorted, from the 90th percentile up), their count and
+    """The upper half of the out-of-fold normal scores (sorted, from the median up), their count and
     minimum: all :func:`threshold_for_rate` needs, so the runtime can re-threshold for another rate."""
 
     tail: np.ndarray
@@ -106,14 +107,14 @@ class ScoreTail:
     @classmethod
     def of(cls, scores: np.ndarray) -> ScoreTail:
         s = np.sort(np.asarray(scores, dtype=np.float64))
-        start = int(np.floor((len(s) - 1) * TAIL_QUANTILE))
+        start = int(np.floor((len(s) - 1) * KEPT_FROM))
         return cls(tail=s[start:].astype(np.float32), count=len(s), minimum=float(s[0]))
 
     def quantile(self, q: float) -> float:
-        """numpy's default (linear) quantile of the whole score set, for ``q >= TAIL_QUANTILE``."""
+        """numpy's default (linear) quantile of the whole score set, for ``q >= KEPT_FROM``."""
         pos = (self.count - 1) * q
         i = int(np.floor(pos))
-        at = i - int(np.floor((self.count - 1) * TAIL_QUANTILE))
+        at = i - int(np.floor((self.count - 1) * KEPT_FROM))
         t = self.tail.astype(np.float64)
         nxt = t[min(at + 1, len(t) - 1)]
         return float(t[at] + (pos - i) * (nxt - t[at]))
@@ -125,12 +126,12 @@ def threshold_for_rate(scores: np.ndarray | ScoreTail, false_alarms_per_hour: fl
     tail = scores if isinstance(scores, ScoreTail) else ScoreTail.of(scores)
     n = tail.count
     p = false_alarms_per_hour * hop_s / 3600.0
-    if p > 1.0 - TAIL_QUANTILE:
-        raise UserError(f"false_alarms_per_hour: {false_alarms_per_hour:g} is more than one window in ten "
-                        f"(at most {(1.0 - TAIL_QUANTILE) * 3600.0 / hop_s:g} per hour)")
+    if p > 1.0 - KEPT_FROM:
+        raise UserError(f"false_alarms_per_hour: {false_alarms_per_hour:g} is more than every other window "
+                        f"(at most {(1.0 - KEPT_FROM) * 3600.0 / hop_s:g} per hour)")
     if n * p >= 5:
         return tail.quantile(1.0 - p), "empirical quantile"
-    u = tail.quantile(TAIL_QUANTILE)
+    u = tail.quantile(TAIL_FIT_FROM)
     t = tail.tail.astype(np.float64)
     excess = t[t > u] - u
     beta = float(excess.mean()) if len(excess) else 0.0
