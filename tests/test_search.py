@@ -61,11 +61,11 @@ def precision_at_10(d: Path, mode: str) -> tuple[float, dict[str, float]]:
 
 def test_most_of_the_top_10_are_the_query_kind(held_out: Path) -> None:
     p_audio, per_kind = precision_at_10(held_out, "audio")
-    assert p_audio > 0.55, per_kind  # measured 0.67
-    assert sum(p > 0.5 for p in per_kind.values()) >= 2, per_kind  # car and dog: 0.96
+    assert p_audio > 0.55, per_kind  # measured 0.73 (the first session's bundle: 0.67)
+    assert sum(p > 0.5 for p in per_kind.values()) >= 2, per_kind  # car 0.95, dog 0.99, siren 0.81
     # Joint: above chance (a random moment is of the query's kind about 1/4 of the time at most).
     p_joint, _ = precision_at_10(held_out, "joint")
-    assert p_joint > 0.25  # measured 0.36
+    assert p_joint > 0.25  # measured 0.60 (the first session's bundle: 0.36)
 
 
 def test_search_cli_by_event_and_by_clip_prints_json_moments(held_out: Path) -> None:
