@@ -362,16 +362,25 @@ class Bundle:
         """The width of every feature the bundle gives (from the models' output shapes)."""
         dims = {"joint": self.joint_size, "av_disagreement": 1}
         for m in MODALITIES:
-            session = self.audio_session if m == "audio" else self.video_session
-            for o in session.get_outputs():
+            for o in self._session(m).get_outputs():
                 if o.name in MODEL_OUTPUTS and len(o.shape) == 2 and isinstance(o.shape[1], int):
                     dims[feature_name(m, o.name)] = int(o.shape[1])
         return dims
 
+    def _session(self, modality: str) -> Any:
+        return self.audio_session if modality == "audio" else self.video_session
+
     def _outputs(self, modality: str) -> tuple[str, ...]:
-        session = self.audio_session if modality == "audio" else self.video_session
-        have = {o.name for o in session.get_outputs()}
+        have = {o.name for o in self._session(modality).get_outputs()}
         return tuple(o for o in MODEL_OUTPUTS if o in have)
+
+    def outputs_for(self, modality: str, names: Sequence[str]) -> list[str]:
+        """The model outputs of ``modality`` that the window features ``names`` need (the embedding always)."""
+        return [o for o in MODEL_OUTPUTS if o == EMBEDDING_OUTPUT or feature_name(modality, o) in names]
+
+    def run(self, modality: str, x: np.ndarray, outputs: Sequence[str]) -> list[np.ndarray]:
+        """:meth:`run_audio` or :meth:`run_video`."""
+        return self.run_audio(x, outputs) if modality == "audio" else self.run_video(x, outputs)
 
     def run_audio(self, audio: np.ndarray, outputs: Sequence[str] = (EMBEDDING_OUTPUT,)) -> list[np.ndarray]:
         """Mono float32 windows ``[B, S]`` (S = samples per window) -> the named model outputs."""
@@ -411,16 +420,11 @@ class Bundle:
             raise UserError(f"{self.path}: bundle gives no {', '.join(unknown)} feature (it gives "
                             f"{', '.join(self.features_available)}; re-export it with this version for more)")
         parts: dict[str, list[np.ndarray]] = {n: [] for n in want}
-        per_modality = {m: [o for o in MODEL_OUTPUTS if any(
-            n == feature_name(m, o) or (n in DERIVED_FEATURES and o == EMBEDDING_OUTPUT) for n in want)]
-            for m in MODALITIES}
         for i in range(0, len(audio), batch):
             got: dict[str, np.ndarray] = {}
-            for m, outs in per_modality.items():
-                if outs:
-                    run = self.run_audio if m == "audio" else self.run_video
-                    got.update(zip((feature_name(m, o) for o in outs),
-                                   run((audio if m == "audio" else frames)[i:i + batch], outs), strict=True))
+            for m, x in (("audio", audio), ("video", frames)):
+                outs = self.outputs_for(m, want)
+                got.update(zip((feature_name(m, o) for o in outs), self.run(m, x[i:i + batch], outs), strict=True))
             for n in want:
                 parts[n].append(DERIVED_FEATURES[n](got["audio"], got["video"]) if n in DERIVED_FEATURES else got[n])
         if not len(audio):

@@ -22,9 +22,7 @@ import numpy as np
 
 from edgeav.bundle import (
     DERIVED_FEATURES,
-    EMBEDDING_OUTPUT,
     MODALITIES,
-    MODEL_OUTPUTS,
     Bundle,
     feature_name,
     joint_embedding,
@@ -175,14 +173,10 @@ class CameraPipeline:
         t0, c0 = time.perf_counter(), time.thread_time()
         out: dict[str, np.ndarray] = {}
         for m in MODALITIES:
-            idx = [i for i, w in enumerate(windows) if (w.audio if m == AUDIO else w.frames) is not None]
-            outputs = [o for o in MODEL_OUTPUTS
-                       if o == EMBEDDING_OUTPUT or feature_name(m, o) in self._anomaly_features]
-            got: list[np.ndarray] | None = None
-            if idx and m == AUDIO:
-                got = self.bundle.run_audio(np.stack([windows[i].audio for i in idx]), outputs)
-            elif idx:
-                got = self.bundle.run_video(np.stack([windows[i].frames for i in idx]), outputs)
+            inputs = [w.audio if m == AUDIO else w.frames for w in windows]
+            idx = [i for i, x in enumerate(inputs) if x is not None]
+            outputs = self.bundle.outputs_for(m, self._anomaly_features)
+            got = self.bundle.run(m, np.stack([inputs[i] for i in idx]), outputs) if idx else None
             for j, o in enumerate(outputs):
                 width = got[j].shape[1] if got is not None else self.bundle.feature_dims.get(feature_name(m, o), 1)
                 full = np.full((len(windows), width), np.nan, np.float32)
