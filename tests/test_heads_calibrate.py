@@ -305,3 +305,24 @@ def test_config_false_alarm_rate_resets_the_threshold(site, tmp_path):
         assert all(r["anomaly"] == (r["anomaly_score"] >= want) for r in recs if r["anomaly_score"] is not None)
         flagged[rate] = sum(r["anomaly"] for r in recs)
     assert flagged[600] > flagged[0.05]
+
+
+def test_threshold_counts_alarms_not_windows():
+    """Normal scores that come in bursts of three windows (one incident lifts several windows): the extremal
+    index is about 1/3, and on fresh bursty scores the runs above the threshold, which is what the runtime
+    alerts on, come at the target rate; counting windows (index 1) would give a third of it."""
+    from edgeav.calibrate import ScoreTail, extremal_index
+
+    def bursty(rng: np.random.Generator, n: int) -> np.ndarray:
+        return np.repeat(rng.gamma(4.0, 0.1, n // 3), 3)  # each value held for three windows
+
+    rng = np.random.default_rng(8)
+    hop, target = 0.5, 18.0
+    cal = bursty(rng, 60_000)
+    assert extremal_index(cal) == pytest.approx(1 / 3, abs=0.03)
+    assert extremal_index(rng.gamma(4.0, 0.1, 60_000)) > 0.95  # independent windows: every run one window
+    thr, _ = threshold_for_rate(cal, target, hop)
+    fresh = bursty(rng, 3_000_000)
+    rate = alarm_onsets(fresh, thr) / (len(fresh) * hop / 3600)
+    assert target / 1.5 <= rate <= target * 1.5, rate
+    assert ScoreTail.of(cal).extremal_index == extremal_index(cal)
