@@ -192,12 +192,7 @@ def probe(path: str | os.PathLike[str], require_audio: bool = True, require_vide
             return _probe_audio_only(p, c)
         vs = c.streams.video[0]
         fps = float(vs.average_rate or vs.guessed_rate or vs.base_rate or 0)
-        if vs.duration is not None and vs.time_base is not None:
-            duration = float(vs.duration * vs.time_base)
-        elif c.duration is not None:
-            duration = float(c.duration) / av.time_base
-        else:
-            duration = float("nan")
+        duration = _stream_duration(vs, c)
         width, height = int(vs.codec_context.width), int(vs.codec_context.height)
         vcodec = vs.codec_context.name
         audio_path = p
@@ -224,14 +219,18 @@ def probe(path: str | os.PathLike[str], require_audio: bool = True, require_vide
                      sample_rate=sr, channels=ch, video_codec=vcodec, audio_codec=acodec)
 
 
+def _stream_duration(stream: Any, c: av.container.InputContainer) -> float:
+    """The stream's declared duration in seconds, else the container's, else NaN."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if c.duration is not None:
+        return float(c.duration) / av.time_base
+    return float("nan")
+
+
 def _probe_audio_only(p: Path, c: av.container.InputContainer) -> MediaInfo:
     a = c.streams.audio[0]
-    if a.duration is not None and a.time_base is not None:
-        duration = float(a.duration * a.time_base)
-    elif c.duration is not None:
-        duration = float(c.duration) / av.time_base
-    else:
-        duration = float("nan")
+    duration = _stream_duration(a, c)
     return MediaInfo(path=p, audio_path=p, duration=duration, width=0, height=0, fps=0.0,
                      sample_rate=int(a.codec_context.sample_rate), channels=int(a.codec_context.channels),
                      video_codec="", audio_codec=a.codec_context.name)
