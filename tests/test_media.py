@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from footage_helpers import ffmpeg, lavfi_clip, make_bad_footage, write_av
 
 from edgeav.errors import UserError
-from edgeav.media import decode_audio, find_footage, footage_windows, iter_yuv_frames, probe
+from edgeav.media import (
+    decode_audio,
+    find_footage,
+    footage_windows,
+    iter_audio_blocks,
+    iter_video_frames,
+    iter_yuv_frames,
+    probe,
+    video_thread_type,
+)
 from edgeav.preprocess import WindowSpec
 
 
@@ -114,3 +124,46 @@ def test_frame_resizer_keeps_the_picture_whatever_the_pixel_format() -> None:
         assert np.abs(left - (220, 30, 30)).max() < 12, (fmt, left)
         assert np.abs(right - (30, 30, 220)).max() < 12, (fmt, right)
     assert np.abs(outs["yuv420p"].astype(int) - outs["nv12"].astype(int)).max() <= 2
+
+
+def test_decoder_threading_changes_no_pixel(tmp_path: Path) -> None:
+    """Replay decodes in one thread on a 2-core box and with frame threads on bigger ones (media.video_thread_type):
+    either way the frames and their times must be the same, or outputs would depend on the machine."""
+    assert video_thread_type(2) == "SLICE" and video_thread_type(8) == "AUTO"
+    clip = lavfi_clip(tmp_path / "t.mp4", seconds=2, size="320x240", fps=15, audio=False)
+    got = {tt: [(t, f.to_ndarray(format="yuv420p")) for t, f in iter_video_frames(clip, thread_type=tt)]
+           for tt in ("NONE", "SLICE", "FRAME")}
+    assert len(got["NONE"]) == 30
+    for tt in ("SLICE", "FRAME"):
+        assert [t for t, _ in got[tt]] == [t for t, _ in got["NONE"]]
+        assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(got[tt], got["NONE"], strict=True))
+
+
+def _resampled_blocks(path: Path, rate: int) -> list[tuple[float, np.ndarray]]:
+    """The general path, spelt out: every decoded frame through FFmpeg's resampler to mono float at ``rate``."""
+    out: list[tuple[float, np.ndarray]] = []
+    with av.open(str(path)) as c:
+        s = c.streams.audio[0]
+        r = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        t = None
+        for frame in [*c.decode(s), None]:
+            if t is None and frame is not None:
+                t = float(frame.pts * frame.time_base) - (c.start_time or 0) / av.time_base
+            for o in r.resample(frame):
+                out.append((t, o.to_ndarray().reshape(-1)))
+                t += o.samples / rate
+    return out
+
+
+@pytest.mark.parametrize("rate", [16000, 44100])
+def test_audio_already_mono_16k_skips_the_resampler_with_the_same_samples(tmp_path: Path, rate: int) -> None:
+    """A 16 kHz mono track (the synth footage's, many cameras') is passed through without FFmpeg's resampler:
+    blocks, times and samples must equal the resampler's; any other track still goes through it."""
+    ta = np.arange(rate * 2) / rate
+    audio = (0.3 * np.sin(2 * np.pi * 700 * ta)).astype(np.float32)
+    clip = write_av(tmp_path / "m.mp4", np.zeros((20, 64, 64, 3), np.uint8), audio, 10, rate)
+    got = list(iter_audio_blocks(clip))
+    want = _resampled_blocks(clip, 16000)
+    assert len(got) == len(want) > 10
+    for (t1, a), (t2, b) in zip(got, want, strict=True):
+        assert t1 == pytest.approx(t2, abs=1e-9) and a.dtype == np.float32 and np.array_equal(a, b)
