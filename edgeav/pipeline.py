@@ -80,6 +80,13 @@ class PipelineStats:
         setattr(self.times, stage, getattr(self.times, stage) + time.perf_counter() - wall_t0)
         setattr(self.cpu, stage, getattr(self.cpu, stage) + time.thread_time() - cpu_t0)
 
+    def absorb_decoding(self, other: PipelineStats) -> None:
+        """Add a :class:`FileReader`'s share (decoding, resizing, frames converted) to these stats."""
+        for stage in ("decode", "preprocess"):
+            for mine, theirs in ((self.times, other.times), (self.cpu, other.cpu)):
+                setattr(mine, stage, getattr(mine, stage) + getattr(theirs, stage))
+        self.frames_converted += other.frames_converted
+
 
 def decision_params(config: Any | None) -> tuple[EventParams, AnomalyParams]:
     """The config's ``events`` and ``anomaly`` sections as the deciders' parameters (defaults without a config).
@@ -262,31 +269,74 @@ class _IndexRecords:
 
 # ------------------------------------------------------------------------------------------- file source
 
+class FileReader:
+    """One footage file's windows (lists, in order), decoded from the moment the reader is made.
+
+    With ``background`` (the default) decoding, window assembly and frame resizing run in their own
+    thread, ``depth`` items ahead of the consumer, so the decoder and onnxruntime (which releases the
+    GIL) work at the same time instead of taking turns. Replay makes the first file's reader before it
+    loads the bundle's onnxruntime sessions, so decoding, the floor of replay, also runs beside that
+    loading. The windows and their order do not depend on any of it: outputs are byte-identical.
+
+    Decoding's share of the stage times and CPU goes to :attr:`stats`; :func:`run_file` adds it to the
+    pipeline's. Close the reader (or use it as a context manager) when it is not read to the end.
+    """
+
+    def __init__(self, path: str | Path, spec: WindowSpec, *, info: Any = None, av_offset_s: float = 0.0,
+                 depth: int = 32, background: bool = True) -> None:
+        from edgeav import media
+
+        self.cpu_t0 = time.process_time()
+        # Process CPU spent on other work (loading the bundle) while this file decoded ahead: not the file's.
+        self.other_cpu = 0.0
+        self.path = Path(path)
+        self.spec = spec
+        self.stats = PipelineStats()
+        self.info = info if info is not None else media.probe(path, require_audio=False)
+        windows = _file_windows(path, self.info, spec, self.stats, av_offset_s)
+        self._items: Iterator[list[Window]] = (Prefetcher(windows, depth, name="edgeav-decode") if background
+                                               else windows)
+
+    def __iter__(self) -> Iterator[list[Window]]:
+        return self._items
+
+    def close(self) -> None:
+        """Stop decoding (if it is still going) and close the file."""
+        close = getattr(self._items, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> FileReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def run_file(path: str | Path, pipeline: CameraPipeline, av_offset_s: float = 0.0,
-             progress: Callable[[float], None] | None = None, *, prefetch: bool = True) -> PipelineStats:
+             progress: Callable[[float], None] | None = None, *, prefetch: bool = True,
+             reader: FileReader | None = None) -> PipelineStats:
     """Replay one file through ``pipeline``: every window, none dropped, in order.
 
-    With ``prefetch`` (the default) decoding, window assembly and frame resizing run in a background
-    thread a few batches ahead of the embedding, so the decoder (FFmpeg's own threads) and onnxruntime
-    (which releases the GIL) work at the same time instead of taking turns. The windows and their
-    order do not depend on it: the outputs are byte-identical either way.
+    ``reader``: the file's :class:`FileReader` when the caller started decoding earlier (it must be for
+    ``path`` and the bundle's window spec); else one is made here, decoding in the background unless
+    ``prefetch`` is false.
     """
-    from edgeav import media
-
     spec = pipeline.bundle.window_spec
-    stats = pipeline.stats
-    cpu_t0 = time.process_time()
-    info = media.probe(path, require_audio=False)
-    windows = _file_windows(path, info, spec, stats, av_offset_s)
-    if prefetch:
+    if reader is None:
         # Two batches ahead: the decoder fills the next batch while the current one is embedded.
-        windows = prefetched(windows, depth=2 * pipeline.batch_size, name="edgeav-decode")
-    for got in windows:
-        pipeline.submit(got)
-        if progress is not None:
-            progress(got[-1].t_end)
+        reader = FileReader(path, spec, av_offset_s=av_offset_s, depth=2 * pipeline.batch_size, background=prefetch)
+    elif reader.spec != spec or reader.path != Path(path):
+        raise ValueError(f"reader for {reader.path} with {reader.spec} given to run {path} with {spec}")
+    stats = pipeline.stats
+    with reader:
+        for got in reader:
+            pipeline.submit(got)
+            if progress is not None:
+                progress(got[-1].t_end)
     pipeline.close()
-    stats.run_cpu += time.process_time() - cpu_t0
+    stats.absorb_decoding(reader.stats)
+    stats.run_cpu += time.process_time() - reader.cpu_t0 - reader.other_cpu
     return stats
 
 
@@ -335,49 +385,68 @@ class _End:
     failure: BaseException | None
 
 
-def prefetched(items: Iterator[T], depth: int, name: str = "edgeav-prefetch") -> Iterator[T]:
-    """``items`` produced by a background thread, at most ``depth`` ahead of the consumer.
+class Prefetcher(Iterator[T]):
+    """``items`` produced by a background thread, started now, at most ``depth`` ahead of the consumer.
 
     Same items, same order; an exception raised by ``items`` is raised here after the items before
-    it. When the consumer stops early (an error, Ctrl-C) the producer is told to stop and ``items``
-    is closed in its own thread (so a decoder's container is closed), and this waits for it.
+    it. :meth:`close` (also when the consumer stops early: an error, Ctrl-C) tells the producer to
+    stop, closes ``items`` in the producer's own thread (so a decoder's container is closed) and waits
+    for it.
     """
-    q: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
 
-    def put(item: Any) -> bool:
-        while not stop.is_set():
+    def __init__(self, items: Iterator[T], depth: int, name: str = "edgeav-prefetch") -> None:
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._done = False
+        self._items = items
+        self._worker = threading.Thread(target=self._produce, name=name, daemon=True)
+        self._worker.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
             try:
-                q.put(item, timeout=0.1)
+                self._q.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def produce() -> None:
+    def _produce(self) -> None:
         failure: BaseException | None = None
         try:
-            for item in items:
-                if not put(item):
+            for item in self._items:
+                if not self._put(item):
                     return
         except BaseException as exc:  # handed to the consumer, which raises it in its own thread
             failure = exc
         finally:
-            close = getattr(items, "close", None)
+            close = getattr(self._items, "close", None)
             if close is not None:
                 close()
-        put(_End(failure))
+        self._put(_End(failure))
 
-    worker = threading.Thread(target=produce, name=name, daemon=True)
-    worker.start()
+    def __next__(self) -> T:
+        if self._done:
+            raise StopIteration
+        item = self._q.get()
+        if isinstance(item, _End):
+            self.close()
+            if item.failure is not None:
+                raise item.failure
+            raise StopIteration
+        return item  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._done = True
+        self._stop.set()
+        self._worker.join()
+
+
+def prefetched(items: Iterator[T], depth: int, name: str = "edgeav-prefetch") -> Iterator[T]:
+    """``items`` through a :class:`Prefetcher` that starts at the first ``next()`` (a generator: closing it
+    closes the prefetcher)."""
+    p = Prefetcher(items, depth, name)
     try:
-        while True:
-            item = q.get()
-            if isinstance(item, _End):
-                if item.failure is not None:
-                    raise item.failure
-                return
-            yield item
+        yield from p
     finally:
-        stop.set()
-        worker.join()
+        p.close()
