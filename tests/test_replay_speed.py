@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from edgeav.bundle import load_bundle
-from edgeav.pipeline import CameraPipeline, prefetched, run_file
+from edgeav.pipeline import CameraPipeline, FileReader, prefetched, run_file
 
 
 class _Records:
@@ -53,6 +53,28 @@ def test_prefetched_replay_emits_exactly_the_serial_records(tiny_bundle: Path, f
     serial, threaded = got[False], got[True]
     assert serial[1] == 79 and serial[2] > 0  # 40 s: every window on the 0.5 s grid, frames converted
     assert threaded == serial, "background decoding must not change a single record"
+
+
+def test_a_reader_started_before_the_bundle_loads_gives_the_same_records(tiny_bundle: Path, footage_dir: Path) -> None:
+    """Replay starts decoding the first file before it loads the sessions (FileReader): same records, and a reader
+    that is never read stops its thread when closed (a bundle that fails to load leaves nothing running)."""
+    footage = footage_dir / "anomalies.mp4"
+    before = set(threading.enumerate())
+    bundle = load_bundle(tiny_bundle)
+    unread = FileReader(footage, bundle.window_spec, depth=4)
+    unread.close()
+    assert not [t for t in set(threading.enumerate()) - before if t.name == "edgeav-decode"]
+    got = []
+    for early in (False, True):
+        reader = FileReader(footage, bundle.window_spec, depth=16) if early else None
+        sink = _Records()
+        pipeline = CameraPipeline("cam", load_bundle(tiny_bundle), [sink], source_id=str(footage), batch_size=8)
+        stats = run_file(footage, pipeline, reader=reader)
+        got.append((sink.records, stats.windows, stats.frames_converted))
+        assert stats.cpu.decode > 0 and stats.times.decode > 0 and stats.frames_converted > 0
+    assert got[0] == got[1]
+    with FileReader(footage, bundle.window_spec) as other, pytest.raises(ValueError, match="reader for"):
+        run_file(footage_dir / "x.mp4", CameraPipeline("cam", bundle, []), reader=other)
 
 
 def _numbers(n: int, closed: threading.Event, fail_at: int | None = None) -> Iterator[int]:
