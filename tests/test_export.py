@@ -102,6 +102,70 @@ def test_export_parity_on_real_windows(exported):
     assert feats["video_summary"].shape[1] == (64 // 8) * (112 // 8)  # one motion figure per 8x8-pixel cell
 
 
+def test_video_normalisation_is_folded_and_changes_no_output_beyond_1e_5(exported):
+    """The exporter folds the video model's uint8 normalisation and motion channels into its first convolution
+    (export.fold: half the model's time): every output must stay within 1e-5 of the unfolded export on real
+    decoded windows, and the folded graph must really be the smaller one."""
+    from export.onnx_export import _export_one
+    from train.models import load_checkpoint
+
+    out = exported["out"]
+    assert exported["proc"].returncode == 0, exported["proc"].stderr
+    record = json.loads((out / MANIFEST_NAME).read_text())["models"]["video"]["input_normalisation"]
+    assert record["folded"] and record["max_abs_diff"] <= 1e-5
+    _, video, _, _ = load_checkpoint(exported["ckpt"])
+    b = load_bundle(out, threads=1, precision="fp32")
+    spec = b.window_spec
+    plain_path = exported["tmp"] / "video_unfolded.onnx"
+    _export_one(video, torch.zeros(2, spec.frames_per_window, spec.frame_height, spec.frame_width, 3,
+                                   dtype=torch.uint8), plain_path, "frames")
+    import onnxruntime as ort
+
+    plain = ort.InferenceSession(str(plain_path), providers=["CPUExecutionProvider"])
+    w = media.footage_windows(exported["clip"], spec)
+    flat = np.stack([np.full(w.frames.shape[1:], v, np.uint8) for v in (0, 255)])  # black, white: the worst case
+    names = ["embedding", "features", "summary"]
+    for frames in (w.frames, flat):
+        for got, want in zip(b.run_video(frames, names), plain.run(names, {"frames": frames}), strict=True):
+            assert np.abs(got - want).max() <= 1e-5
+            if frames is w.frames:  # windows that differ: not a constant compared
+                assert np.abs(want[0] - want[-1]).max() > 1e-3
+    first_conv = {m: next(n for n in onnx.load(str(p)).graph.node if n.op_type == "Conv")
+                  for m, p in (("folded", out / "video.onnx"), ("plain", plain_path))}
+    widths = {m: next(i.dims[1] for i in onnx.load(str(p)).graph.initializer if i.name == first_conv[m].input[1])
+              for m, p in (("folded", out / "video.onnx"), ("plain", plain_path))}
+    assert widths == {"folded": 3 * spec.frames_per_window, "plain": 6 * spec.frames_per_window}
+
+
+@pytest.mark.parametrize("variant", [{}, {"motion_gain": 0.0}, {"frames": 1}])
+def test_folding_is_exact_at_the_borders_and_without_motion_channels(variant):
+    """export.fold in torch: the folded first convolution gives the encoder's, borders (zero padding) included, also
+    for encoders without motion channels (no gain, or one frame per window)."""
+    from export.fold import FoldedVideo, can_fold
+    from train.models import VideoEncoder, merged_params
+
+    overrides: dict = {"video": {"motion_gain": variant["motion_gain"]}} if "motion_gain" in variant else {}
+    if "frames" in variant:
+        overrides["window"] = {"frames_per_window": variant["frames"]}
+    params = merged_params(overrides)
+    torch.manual_seed(3)
+    enc = VideoEncoder(params).eval()
+    enc.set_normalisation(torch.tensor([0.3, 0.5, 0.6]), torch.tensor([0.2, 0.25, 0.3]))
+    win = params["window"]
+    assert can_fold(enc)
+    folded = FoldedVideo(enc).eval()
+    x = torch.randint(0, 256, (3, win["frames_per_window"], win["frame_height"], win["frame_width"], 3),
+                      dtype=torch.uint8)
+    x[0] = 255  # a flat picture: the borders are where a wrong constant would show
+    with torch.no_grad():
+        want = enc.cnn[0][0](enc.normalise(x))
+        got = folded.first_conv(x)
+        assert (want - got).abs().max() <= 1e-5 * want.abs().max()
+        assert (want[:, :, 0] - got[:, :, 0]).abs().max() <= 1e-5 * want.abs().max()  # the top row: padded
+        for want_out, got_out in zip(enc.all_outputs(x[1:]), folded(x[1:]), strict=True):  # textured pictures
+            assert (want_out - got_out).abs().max() <= 1e-4
+
+
 def test_int8_agrees_with_fp32(exported):
     out = exported["out"]
     assert exported["proc"].returncode == 0, exported["proc"].stderr
