@@ -55,6 +55,17 @@ def _time(cmd: list[str]) -> tuple[float, float]:
     return wall, _children_cpu() - c0
 
 
+def _describe_bundle(models: str | None) -> str:
+    """Which bundle replay ran, and whether its video model has the input normalisation folded in (export.fold)."""
+    from edgeav.bundle import read_manifest, resolve_bundle_dir
+
+    d = resolve_bundle_dir(models)
+    m = read_manifest(d)
+    folded = ((m.get("models") or {}).get("video") or {}).get("input_normalisation") or {}
+    how = "folded into the first convolution" if folded.get("folded") else "not folded (exported before export.fold)"
+    return f"{'the shipped default' if not models else d} ({m.get('bundle_id')}); video input normalisation {how}"
+
+
 def run(args: argparse.Namespace) -> int:
     from edgeav.synth import synthesize
 
@@ -99,15 +110,18 @@ def run(args: argparse.Namespace) -> int:
         ("machine", f"{cores} cores; load average {load_before:.2f} before timing; other processes used "
                     f"{others:.2f} cores while timing" if others is not None and load_before is not None
                     else f"{cores} cores"),
+        ("bundle", _describe_bundle(args.models)),
         ("ffmpeg decode-only (floor)", f"{floor:.2f} s wall, {floor_cpu:.2f} s CPU"),
         ("edgeav replay (whole process)", f"{replay:.2f} s wall = {replay / floor:.2f} x the floor "
                                           f"(median of pairs {statistics.median(ratios):.2f} x), "
                                           f"{replay_cpu:.2f} s CPU"),
         ("  stage wall (overlapping)", "decode {decode:.2f}, preprocess {preprocess:.2f}, embed {embed:.2f}, "
                                        "decide {decide:.2f} s".format(**times)),
-        ("  CPU: start-up", f"{process_cpu - run_cpu:.2f} s (interpreter, imports, bundle and sessions)"),
-        ("  CPU: decode", f"{decoding_cpu:.2f} s (FFmpeg's threads {decoding_cpu - cpu['decode']:.2f}, "
-                          f"Python side and window assembly {cpu['decode']:.2f})"),
+        ("  CPU: start-up", f"{process_cpu - run_cpu:.2f} s (interpreter, imports, bundle and sessions; the "
+                            f"sessions load while the file starts decoding)"),
+        ("  CPU: decode", f"{decoding_cpu:.2f} s (decoding thread {cpu['decode']:.2f}: demuxing, window assembly "
+                          f"and, on <= 2 cores, FFmpeg's decoding; FFmpeg's own threads "
+                          f"{max(decoding_cpu - cpu['decode'], 0.0):.2f})"),
         ("  CPU: preprocess", f"{cpu['preprocess']:.2f} s ({best_stats['frames_converted']} frames resized)"),
         ("  CPU: embed", f"{cpu['embed']:.2f} s"),
         ("  CPU: decide", f"{cpu['decide']:.2f} s"),

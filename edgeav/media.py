@@ -276,13 +276,16 @@ def iter_video_frames(path: str | os.PathLike[str],
         vs = c.streams.video[0]
         vs.thread_type = thread_type or video_thread_type()
         origin = _origin(c)
-        tb = vs.time_base
+        # pts * num / den: the same float as float(pts * Fraction(num, den)) (both the correctly rounded
+        # quotient), without building two Fractions per frame.
+        num, den = vs.time_base.numerator, vs.time_base.denominator
         last_t = -float("inf")
         try:
             for frame in c.decode(vs):
-                if frame.pts is None:
+                pts = frame.pts
+                if pts is None:
                     continue
-                t = float(frame.pts * tb) - origin
+                t = pts * num / den - origin
                 if t <= last_t:  # a repeated or out-of-order timestamp: keep time strictly increasing
                     continue
                 last_t = t
