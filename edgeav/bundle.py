@@ -49,10 +49,11 @@ AUDIO_INPUT = "audio"
 VIDEO_INPUT = "frames"
 EMBEDDING_OUTPUT = "embedding"
 # What an exported encoder gives: its embedding, the pre-projection features under it, and a summary of
-# what its front end saw (log-mel statistics / motion grid). The anomaly scorer may use any of them
-# (edgeav.calibrate); bundles exported before 0.2 have the embedding only.
-MODEL_OUTPUTS = (EMBEDDING_OUTPUT, "features", "summary")
-_FEATURE_SUFFIX = {EMBEDDING_OUTPUT: "", "features": "_pre", "summary": "_summary"}
+# what its front end saw (log-mel statistics / motion grid); the audio model also gives its log-mel cut into
+# short patches ``[B, P, D]`` (a bag of instances per window). The anomaly scorer may use any of them
+# (edgeav.calibrate); bundles exported before 0.2 have the embedding only, before 0.3 no patches.
+MODEL_OUTPUTS = (EMBEDDING_OUTPUT, "features", "summary", "patches")
+_FEATURE_SUFFIX = {EMBEDDING_OUTPUT: "", "features": "_pre", "summary": "_summary", "patches": "_patches"}
 MODALITIES = ("audio", "video")
 PRECISIONS = ("fp32", "int8")
 # The joint embedding the event head and the anomaly memory see; see :func:`joint_embedding`.
@@ -359,12 +360,13 @@ class Bundle:
 
     @property
     def feature_dims(self) -> dict[str, int]:
-        """The width of every feature the bundle gives (from the models' output shapes)."""
+        """The width of every feature the bundle gives (from the models' output shapes; a patch's width for
+        the bag features)."""
         dims = {"joint": self.joint_size, "av_disagreement": 1}
         for m in MODALITIES:
             for o in self._session(m).get_outputs():
-                if o.name in MODEL_OUTPUTS and len(o.shape) == 2 and isinstance(o.shape[1], int):
-                    dims[feature_name(m, o.name)] = int(o.shape[1])
+                if o.name in MODEL_OUTPUTS and len(o.shape) in (2, 3) and isinstance(o.shape[-1], int):
+                    dims[feature_name(m, o.name)] = int(o.shape[-1])
         return dims
 
     def _session(self, modality: str) -> Any:

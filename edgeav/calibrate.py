@@ -40,9 +40,17 @@ log = logging.getLogger("edgeav.calibrate")
 MEMORY_FORMAT = "edgeav.anomaly_memory/2"
 LEGACY_FORMAT = "edgeav.anomaly_memory/1"  # one joint/audio/video embedding memory, raw distances
 # The features a part may use: see edgeav.bundle.feature_name (embeddings, pre-projection, front-end summary).
-FEATURES = ("joint", "audio", "video", "audio_pre", "video_pre", "audio_summary", "video_summary", "av_disagreement")
-# Measured best at a held-out synth site (README, "Anomaly features"); used when the bundle gives them.
-DEFAULT_FEATURES = ("audio_summary", "video_summary")
+FEATURES = ("joint", "audio", "video", "audio_pre", "video_pre", "audio_summary", "video_summary", "audio_patches",
+            "av_disagreement")
+# Measured best at a held-out synth site (README, "Anomaly features"); used when the bundle gives them all.
+DEFAULT_FEATURES = ("audio_patches", "audio_summary", "video_summary")
+PREVIOUS_DEFAULT_FEATURES = ("audio_summary", "video_summary")  # for bundles exported before audio_patches
+# Bag features (``[B, P, D]``: a window is a bag of P instances, e.g. audio_patches): the memory is a coreset of
+# at most BAG_MEMORY instances, chosen among at most BAG_SAMPLE evenly spaced ones (the coreset's cost grows with
+# both). Scoring a window costs P x BAG_MEMORY distances; 1000 caught as many anomalies at the held-out site
+# as 4000 (README, "Anomaly features").
+BAG_MEMORY = 1000
+BAG_SAMPLE = 20000
 SPREAD_QUANTILE = 0.99  # a part's normal scores are rescaled so that median -> 0 and this quantile -> 1
 
 
@@ -80,17 +88,33 @@ def greedy_k_center(x: np.ndarray, size: int) -> np.ndarray:
     return np.array(sorted(chosen))
 
 
+def bag_memory(x: np.ndarray, memory_size: int) -> np.ndarray:
+    """The memory of a feature: a coreset of its rows, or of a bag feature's ``[B, P, D]`` instances (at most
+    :data:`BAG_MEMORY`, from at most :data:`BAG_SAMPLE` evenly spaced ones: deterministic)."""
+    if x.ndim == 2:
+        return x[greedy_k_center(x, memory_size)]
+    inst = x.reshape(-1, x.shape[-1])
+    inst = inst[np.linspace(0, len(inst) - 1, min(len(inst), BAG_SAMPLE)).astype(int)]
+    return inst[greedy_k_center(inst, min(memory_size, BAG_MEMORY))]
+
+
+def window_distances(x: np.ndarray, memory: np.ndarray, k: int) -> np.ndarray:
+    """kNN distance per window: of its row, or of a bag's most unusual instance (the largest over the bag)."""
+    if x.ndim == 2:
+        return knn_scores(x, memory, k)
+    b, p, d = x.shape
+    return knn_scores(x.reshape(b * p, d), memory, k).reshape(b, p).max(axis=1)
+
+
 def out_of_fold_scores(x: np.ndarray, k: int, memory_size: int, folds: int = 5) -> np.ndarray:
-    """Each contiguous fold scored against a coreset of the other folds: honest normal scores."""
+    """Each contiguous fold of windows scored against a memory of the other folds: honest normal scores."""
     n = len(x)
     folds = max(2, min(folds, n // max(k + 1, 2)))
     edges = np.linspace(0, n, folds + 1).astype(int)
     out = np.empty(n, dtype=np.float32)
     for i in range(folds):
         lo, hi = edges[i], edges[i + 1]
-        rest = np.concatenate([x[:lo], x[hi:]])
-        mem = rest[greedy_k_center(rest, memory_size)]
-        out[lo:hi] = knn_scores(x[lo:hi], mem, k)
+        out[lo:hi] = window_distances(x[lo:hi], bag_memory(np.concatenate([x[:lo], x[hi:]]), memory_size), k)
     return out
 
 
@@ -191,7 +215,8 @@ class ScorerPart:
         self._memory64 = np.asarray(self.memory, dtype=np.float64)  # converted once, not per window
 
     def distances(self, x: np.ndarray, k: int) -> np.ndarray:
-        return knn_scores((np.asarray(x, dtype=np.float64) - self.mean) / self.scale, self._memory64, k)
+        """Rows ``[B, D]`` or bags ``[B, P, D]`` (a bag's most unusual instance counts)."""
+        return window_distances((np.asarray(x, dtype=np.float64) - self.mean) / self.scale, self._memory64, k)
 
     def scores(self, x: np.ndarray, k: int) -> np.ndarray:
         return ((self.distances(x, k) - self.centre) / self.spread).astype(np.float32)
@@ -206,13 +231,15 @@ def standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fit_part(feature: str, x: np.ndarray, k: int, memory_size: int) -> tuple[ScorerPart, np.ndarray]:
-    """A part from normal windows ``x`` in time order, and its out-of-fold (honest) normal scores."""
-    mean, scale = standardisation(np.asarray(x, dtype=np.float64))
-    z = (np.asarray(x, dtype=np.float64) - mean) / scale
+    """A part from normal windows ``x`` (``[B, D]``, or bags ``[B, P, D]``) in time order, and its out-of-fold
+    (honest) normal scores."""
+    x = np.asarray(x, dtype=np.float64)
+    mean, scale = standardisation(x.reshape(-1, x.shape[-1]))
+    z = (x - mean) / scale
     oof = out_of_fold_scores(z, k, memory_size).astype(np.float64)
     centre = float(np.median(oof))
     spread = max(float(np.quantile(oof, SPREAD_QUANTILE)) - centre, 1e-9)
-    part = ScorerPart(feature=feature, memory=z[greedy_k_center(z, memory_size)].astype(np.float32),
+    part = ScorerPart(feature=feature, memory=bag_memory(z, memory_size).astype(np.float32),
                       mean=mean, scale=scale, centre=centre, spread=spread)
     return part, ((oof - centre) / spread).astype(np.float32)
 
@@ -255,7 +282,7 @@ class AnomalyMemory:
         out = np.full(n, np.nan, np.float32)
         for part in self.parts:
             x = np.asarray(features[part.feature])
-            ok = np.isfinite(x).all(axis=1)
+            ok = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
             if ok.any():
                 s = part.scores(x[ok], self.k)
                 out[ok] = np.fmax(out[ok], s)
@@ -409,14 +436,16 @@ def incidents_caught(scores: np.ndarray, anomalous: np.ndarray, file_index: np.n
 
 
 def candidate_feature_sets(available: tuple[str, ...]) -> list[tuple[str, ...]]:
-    """What ``--features auto`` compares: every single feature, every audio feature with every video one, and
-    each such pair with the audio-visual disagreement."""
+    """What ``--features auto`` compares: every single feature, every audio feature with every video one, each
+    such pair with the audio-visual disagreement, and each pair of a whole-window audio feature and a video one
+    with the audio patches (short sounds a window's statistics average away)."""
     have = [f for f in FEATURES if f in available]
     audio = [f for f in have if f.startswith("audio")]
     video = [f for f in have if f.startswith("video")]
     pairs = [(a, v) for a in audio for v in video]
     extra = [(*p, "av_disagreement") for p in pairs] if "av_disagreement" in have else []
-    return [(f,) for f in have] + pairs + extra
+    patched = [("audio_patches", *p) for p in pairs if p[0] != "audio_patches"] if "audio_patches" in have else []
+    return [(f,) for f in have] + pairs + extra + patched
 
 
 def choose_features(normal: dict[str, np.ndarray], validation: Any, hop_s: float, false_alarms_per_hour: float,
@@ -476,7 +505,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--features {args.features}: {', '.join(bad) or 'empty'} is not a feature this bundle "
                             f"gives ({', '.join(emb.features)}, or auto)")
     else:
-        names = DEFAULT_FEATURES if all(f in emb.features for f in DEFAULT_FEATURES) else ("joint",)
+        names = next((d for d in (DEFAULT_FEATURES, PREVIOUS_DEFAULT_FEATURES) if all(f in emb.features for f in d)),
+                     ("joint",))
     mem, metrics = calibrate(normal, names, hop, args.false_alarms_per_hour, k=args.k, memory_size=args.memory_size)
     metrics["windows_marked_anomalous_left_out"] = dropped
     if comparison is not None:
@@ -516,7 +546,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--memory-size", type=int, default=2000, help="most normal windows kept (default 2000)")
     p.add_argument("--features", default=None, metavar="NAMES",
                    help=f"comma-separated features the memory scores ({', '.join(FEATURES)}); default "
-                        f"{','.join(DEFAULT_FEATURES)} where the bundle gives them, else joint; auto: the set that "
+                        f"{','.join(DEFAULT_FEATURES)} where the bundle gives them (bundles exported before "
+                        f"audio_patches: {','.join(PREVIOUS_DEFAULT_FEATURES)}), else joint; auto: the set that "
                         "catches most anomalies net of false alarms on --validate footage")
     p.add_argument("--validate", nargs="+", default=None, metavar="FOOTAGE",
                    help="labelled footage with anomalies (sidecars) to choose --features auto on")

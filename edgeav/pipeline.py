@@ -185,8 +185,9 @@ class CameraPipeline:
             outputs = self.bundle.outputs_for(m, self._anomaly_features)
             got = self.bundle.run(m, np.stack([inputs[i] for i in idx]), outputs) if idx else None
             for j, o in enumerate(outputs):
-                width = got[j].shape[1] if got is not None else self.bundle.feature_dims.get(feature_name(m, o), 1)
-                full = np.full((len(windows), width), np.nan, np.float32)
+                # [B, D] or, for a bag feature (audio_patches), [B, P, D]; all NaN: no window had the modality
+                shape = got[j].shape[1:] if got is not None else (self.bundle.feature_dims.get(feature_name(m, o), 1),)
+                full = np.full((len(windows), *shape), np.nan, np.float32)
                 if got is not None:
                     full[idx] = got[j]
                 out[feature_name(m, o)] = full

@@ -89,17 +89,21 @@ def test_export_parity_on_real_windows(exported):
     assert np.abs(ta[0] - ta[-1]).max() > 1e-3 and np.abs(tv[0] - tv[-1]).max() > 1e-3
     # The features the anomaly scorer may use come out of the same graphs, equal to torch's.
     feats = b.features(w.audio, w.frames)
-    assert set(feats) == {"audio", "audio_pre", "audio_summary", "video", "video_pre", "video_summary", "joint",
-                          "av_disagreement"}
+    assert set(feats) == {"audio", "audio_pre", "audio_summary", "audio_patches", "video", "video_pre",
+                          "video_summary", "joint", "av_disagreement"}
     cos = (feats["audio"] * feats["video"]).sum(1) / np.linalg.norm(feats["audio"], axis=1) \
         / np.linalg.norm(feats["video"], axis=1)
     np.testing.assert_allclose(feats["av_disagreement"][:, 0], 1.0 - cos, atol=1e-5)
     with torch.no_grad():
         for name, enc, x in (("audio", audio, w.audio), ("video", video, w.frames)):
-            _, pre, summary = enc.all_outputs(torch.from_numpy(x))
+            _, pre, summary, *patches = enc.all_outputs(torch.from_numpy(x))
             assert np.abs(feats[f"{name}_pre"] - pre.numpy()).max() <= 1e-4
             assert np.abs(feats[f"{name}_summary"] - summary.numpy()).max() <= 1e-4
+            for p in patches:
+                assert np.abs(feats[f"{name}_patches"] - p.numpy()).max() <= 1e-4
     assert feats["video_summary"].shape[1] == (64 // 8) * (112 // 8)  # one motion figure per 8x8-pixel cell
+    # Patches: 32 pooled bands x 3 pooled frames (60 ms), one every 40 ms of the 1 s window.
+    assert feats["audio_patches"].shape[1:] == (24, 32 * 3) and b.feature_dims["audio_patches"] == 96
 
 
 def test_video_normalisation_is_folded_and_changes_no_output_beyond_1e_5(exported):

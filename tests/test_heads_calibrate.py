@@ -129,6 +129,32 @@ def test_parts_are_comparable_and_the_largest_decides():
     assert np.isnan(mem.score({k: np.full((3, v.shape[1]), np.nan) for k, v in fresh.items()})).all()
 
 
+def test_a_bag_feature_flags_one_unusual_instance_that_its_mean_hides(tmp_path):
+    """audio_patches is a bag per window ([B, P, D]: 24 short patches of a 1 s window). One unusual patch among
+    23 usual ones (breaking glass: tens of milliseconds) must be flagged, though the window's mean patch stays
+    normal; the memory is bounded, saved and loaded as any other; a window without audio (NaN) is not scored."""
+    from edgeav.calibrate import BAG_MEMORY
+
+    rng = np.random.default_rng(11)
+    n, p, d = 1500, 24, 10
+    centres = rng.standard_normal((6, d)) * 3.0
+    normal = centres[rng.integers(0, 6, (n, p))] + 0.3 * rng.standard_normal((n, p, d))
+    mem, metrics = calibrate({"audio_patches": normal}, ("audio_patches",), hop_s=0.5, false_alarms_per_hour=5.0,
+                             k=3, memory_size=2000)
+    assert mem.parts[0].memory.shape == (BAG_MEMORY, d) and metrics["memory_size"] == BAG_MEMORY
+    fresh = centres[rng.integers(0, 6, (300, p))] + 0.3 * rng.standard_normal((300, p, d))
+    odd = fresh.copy()
+    odd[:, 5] = rng.standard_normal((300, d)) * 0.3 + 4.0  # one patch off every normal cluster
+    assert np.abs(odd.mean(1) - fresh.mean(1)).max() < 1.0  # the window's mean barely moves
+    assert (mem.score({"audio_patches": fresh}) >= mem.threshold).mean() <= 0.02
+    assert (mem.score({"audio_patches": odd}) >= mem.threshold).mean() >= 0.95
+    path = tmp_path / "memory.npz"
+    mem.save(path)
+    np.testing.assert_allclose(AnomalyMemory.load(path).score({"audio_patches": odd}),
+                               mem.score({"audio_patches": odd}), rtol=1e-6)
+    assert np.isnan(mem.score({"audio_patches": np.full((2, p, d), np.nan)})).all()
+
+
 # ---------------------------------------------------------------------------------------------- on synth footage
 #
 # One synthetic site (seed 5): 180 s of training footage and the next 90 s held out, cut from one
@@ -222,7 +248,8 @@ def test_calibrate_catches_held_out_anomalies(site):
     b = load_bundle(site["bundle"])
     assert b.anomaly is not None and b.event_head is not None  # calibrate kept the event head
     a = b.manifest["anomaly"]
-    assert a["false_alarms_per_hour"] == 10 and a["features"] == ["audio_summary", "video_summary"] and a["k"] == 3
+    assert a["false_alarms_per_hour"] == 10 and a["k"] == 3
+    assert a["features"] == ["audio_patches", "audio_summary", "video_summary"]  # the default, as the bundle gives all
     held = embed_footage(b, [site["held"]], require_labels=True)
     scores = b.anomaly.score(held.features)
     over = scores >= b.anomaly.threshold
