@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     times, cpu = best_stats["times"], best_stats["cpu"]
     run_cpu, process_cpu = best_stats["run_cpu"], best_stats["process_cpu"]
     decoding_cpu = run_cpu - cpu["preprocess"] - cpu["embed"] - cpu["decide"]
+    rest = max(decoding_cpu - cpu["decode"], 0.0)
     rows = [
         ("footage", f"{args.seconds:.0f} s, {args.width}x{args.height} @ {args.fps:g} fps + AAC audio "
                     f"(synthesised in {synth_s:.1f} s)"),
@@ -120,8 +121,8 @@ def run(args: argparse.Namespace) -> int:
         ("  CPU: start-up", f"{process_cpu - run_cpu:.2f} s (interpreter, imports, bundle and sessions; the "
                             f"sessions load while the file starts decoding)"),
         ("  CPU: decode", f"{decoding_cpu:.2f} s (decoding thread {cpu['decode']:.2f}: demuxing, window assembly "
-                          f"and, on <= 2 cores, FFmpeg's decoding; FFmpeg's own threads "
-                          f"{max(decoding_cpu - cpu['decode'], 0.0):.2f})"),
+                          f"and, on <= 2 cores, FFmpeg's decoding; the rest {rest:.2f}: FFmpeg's frame threads "
+                          f"where it has them, hand-offs between threads)"),
         ("  CPU: preprocess", f"{cpu['preprocess']:.2f} s ({best_stats['frames_converted']} frames resized)"),
         ("  CPU: embed", f"{cpu['embed']:.2f} s"),
         ("  CPU: decide", f"{cpu['decide']:.2f} s"),
