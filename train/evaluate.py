@@ -11,7 +11,7 @@ Three tasks, one frozen encoder pair (design.md section 3, step 5):
    kNN over its k-center coreset: the product's scorer), AUROC / average precision of anomalous vs
    normal test windows, and false alarms per hour at the threshold that catches 90% of anomalous
    windows; for every feature choice the models export (:data:`ANOMALY_FEATURE_SETS`: embeddings,
-   pre-projection features, front-end summaries; per modality and max-combined). The lab saw training
+   pre-projection features, front-end summaries, audio patches; per modality and max-combined). The lab saw training
    hurt kNN anomaly detection, so all are reported and the caller compares them with the untrained floor.
 3. search: each labelled (non-anomalous) event of the test footage is a query (the mean joint
    embedding of its windows); the candidates are the test windows that do not overlap it; a
@@ -242,7 +242,8 @@ def anomaly(normal: dict[str, np.ndarray], test: dict[str, np.ndarray], names: t
 # (names as in edgeav.bundle.feature_name; "+" joins the parts of one memory).
 ANOMALY_FEATURE_SETS = ("joint", "audio", "video", "audio+video", "audio_pre", "video_pre", "audio_pre+video_pre",
                         "audio_summary", "video_summary", "audio_summary+video_summary", "av_disagreement",
-                        "joint+av_disagreement", "audio_summary+video_summary+av_disagreement")
+                        "joint+av_disagreement", "audio_summary+video_summary+av_disagreement", "audio_patches",
+                        "audio_patches+audio_summary+video_summary")
 
 
 def _features(bundle: Any, w: LabelledWindows) -> dict[str, np.ndarray]:
