@@ -278,6 +278,8 @@ def iter_video_frames(path: str | os.PathLike[str],
         origin = _origin(c)
         # pts * num / den: the same float as float(pts * Fraction(num, den)) (both the correctly rounded
         # quotient), without building two Fractions per frame.
+        if vs.time_base is None:
+            raise UserError(f"{p}: unreadable: the video stream has no time base")
         num, den = vs.time_base.numerator, vs.time_base.denominator
         last_t = -float("inf")
         try:

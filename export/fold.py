@@ -64,6 +64,9 @@ def can_fold(encoder: Any) -> bool:
 class FoldedVideo(nn.Module):
     """``VideoEncoder.all_outputs`` with the input normalisation folded into the first convolution."""
 
+    weight: torch.Tensor
+    offset: torch.Tensor
+
     def __init__(self, encoder: Any) -> None:
         super().__init__()
         if not can_fold(encoder):
