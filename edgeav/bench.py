@@ -121,8 +121,10 @@ def run(args: argparse.Namespace) -> int:
         ("  CPU: start-up", f"{process_cpu - run_cpu:.2f} s (interpreter, imports, bundle and sessions; the "
                             f"sessions load while the file starts decoding)"),
         ("  CPU: decode", f"{decoding_cpu:.2f} s (decoding thread {cpu['decode']:.2f}: demuxing, window assembly "
-                          f"and, on <= 2 cores, FFmpeg's decoding; the rest {rest:.2f}: FFmpeg's frame threads "
-                          f"where it has them, hand-offs between threads)"),
+                          f"and, on <= 2 cores, FFmpeg's decoding; the rest {rest:.2f}: the second half's decoder "
+                          f"where the video was split, FFmpeg's frame threads where it has them, hand-offs)"),
+        ("  video decoded in", "two halves at once (edgeav.splitdecode)" if best_stats.get("files_split")
+                               else "one thread (file too short, or fewer than 2 idle cores)"),
         ("  CPU: preprocess", f"{cpu['preprocess']:.2f} s ({best_stats['frames_converted']} frames resized)"),
         ("  CPU: embed", f"{cpu['embed']:.2f} s"),
         ("  CPU: decide", f"{cpu['decide']:.2f} s"),

@@ -261,13 +261,15 @@ def video_thread_type(cores: int | None = None) -> str:
     return "SLICE" if (cores if cores is not None else usable_cores()) <= 2 else "AUTO"
 
 
-def iter_video_frames(path: str | os.PathLike[str],
-                      thread_type: str | None = None) -> Iterator[tuple[float, av.VideoFrame]]:
+def iter_video_frames(path: str | os.PathLike[str], thread_type: str | None = None,
+                      start_near: float | None = None) -> Iterator[tuple[float, av.VideoFrame]]:
     """Decoded video frames in presentation order as ``(t seconds, av.VideoFrame)``.
 
     The frame is yielded as it left the decoder so callers convert only the frames they need
     (with :class:`edgeav.preprocess.FrameResizer`). ``thread_type``: FFmpeg's decoder threading
     (``"NONE"``, ``"SLICE"``, ``"FRAME"``, ``"AUTO"``); default :func:`video_thread_type`.
+    ``start_near``: seek first to the keyframe at or before this time (footage seconds) and decode from
+    there (:mod:`edgeav.splitdecode` decodes a file's second half so); the caller checks where it landed.
     """
     p = Path(path)
     with _open(p) as c:
@@ -283,6 +285,8 @@ def iter_video_frames(path: str | os.PathLike[str],
         num, den = vs.time_base.numerator, vs.time_base.denominator
         last_t = -float("inf")
         try:
+            if start_near is not None:
+                c.seek(int((start_near + origin) * den / num), stream=vs, backward=True, any_frame=False)
             for frame in c.decode(vs):
                 pts = frame.pts
                 if pts is None:
@@ -377,14 +381,16 @@ def decode_audio(path: str | os.PathLike[str], sample_rate: int = AUDIO_SAMPLE_R
 
 def iter_av(path: str | os.PathLike[str], sample_rate: int = AUDIO_SAMPLE_RATE, info: MediaInfo | None = None,
             av_offset_s: float = 0.0, clock: Callable[[float], None] | None = None,
-            modalities: tuple[str, ...] = ("video", "audio")) -> Iterator[tuple[str, float, Any]]:
+            modalities: tuple[str, ...] = ("video", "audio"),
+            video: Iterator[tuple[float, Any]] | None = None) -> Iterator[tuple[str, float, Any]]:
     """A file's video frames and audio blocks merged in time order, on the file's own clock.
 
     Yields ``("video", t, av.VideoFrame)`` and ``("audio", t0, float32 samples)``. Video-only footage
     (``info.has_audio`` false) yields frames only, audio-only footage blocks only; a stream not in
     ``modalities`` is not decoded at all. ``av_offset_s`` is the per-source correction from the
     config: audio captured ``av_offset_s`` late is moved earlier by that much. ``clock(seconds)`` is told
-    the time spent decoding (the floor of replay).
+    the time spent decoding (the floor of replay). ``video``: the file's ``(t, frame)`` stream when the
+    caller decodes it another way (:mod:`edgeav.splitdecode`); default :func:`iter_video_frames`.
     """
     info = info or probe(path, require_audio=False)
     use_video = info.has_video and "video" in modalities
@@ -402,7 +408,7 @@ def iter_av(path: str | os.PathLike[str], sample_rate: int = AUDIO_SAMPLE_RATE, 
                     clock(time.perf_counter() - t0)
             yield t - shift, kind, item
 
-    video = timed(iter_video_frames(path), "video", 0.0) if use_video else iter(())
+    video = timed(video if video is not None else iter_video_frames(path), "video", 0.0) if use_video else iter(())
     audio = timed(iter_audio_blocks(path, sample_rate, info.audio_path), "audio", av_offset_s) if use_audio \
         else iter(())
     for t, kind, item in heapq.merge(video, audio, key=lambda x: x[0]):

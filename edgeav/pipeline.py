@@ -74,6 +74,8 @@ class PipelineStats:
     cpu: StageTimes = field(default_factory=StageTimes)
     run_cpu: float = 0.0
     labels: dict[str, int] = field(default_factory=dict)
+    # Where the file's video was split between two decoders (edgeav.splitdecode), None: one decoder.
+    split_at: float | None = None
 
     def add(self, stage: str, wall_t0: float, cpu_t0: float) -> None:
         """Charge ``stage`` with the wall and thread CPU since ``perf_counter()``/``thread_time()`` gave the t0s."""
@@ -86,6 +88,7 @@ class PipelineStats:
             for mine, theirs in ((self.times, other.times), (self.cpu, other.cpu)):
                 setattr(mine, stage, getattr(mine, stage) + getattr(theirs, stage))
         self.frames_converted += other.frames_converted
+        self.split_at = other.split_at
 
 
 def decision_params(config: Any | None) -> tuple[EventParams, AnomalyParams]:
@@ -284,8 +287,8 @@ class FileReader:
     """
 
     def __init__(self, path: str | Path, spec: WindowSpec, *, info: Any = None, av_offset_s: float = 0.0,
-                 depth: int = 32, background: bool = True) -> None:
-        from edgeav import media
+                 depth: int = 32, background: bool = True, split: bool | None = None) -> None:
+        from edgeav import media, splitdecode
 
         self.cpu_t0 = time.process_time()
         # Process CPU spent on other work (loading the bundle) while this file decoded ahead: not the file's.
@@ -294,7 +297,11 @@ class FileReader:
         self.spec = spec
         self.stats = PipelineStats()
         self.info = info if info is not None else media.probe(path, require_audio=False)
-        windows = _file_windows(path, self.info, spec, self.stats, av_offset_s)
+        # ``split``: decode the video's two halves at once (edgeav.splitdecode; same windows); None: when
+        # the file is long enough and two cores are idle.
+        if split is None:
+            split = splitdecode.should_split(self.info)
+        windows = _file_windows(path, self.info, spec, self.stats, av_offset_s, split)
         self._items: Iterator[list[Window]] = (Prefetcher(windows, depth, name="edgeav-decode") if background
                                                else windows)
 
@@ -342,18 +349,26 @@ def run_file(path: str | Path, pipeline: CameraPipeline, av_offset_s: float = 0.
 
 
 def _file_windows(path: str | Path, info: Any, spec: WindowSpec, stats: PipelineStats,
-                  av_offset_s: float) -> Iterator[list[Window]]:
-    """A file's windows as the decoder completes them (lists, in order); the last list holds the tail."""
-    from edgeav import media
+                  av_offset_s: float, split: bool = False) -> Iterator[list[Window]]:
+    """A file's windows as the decoder completes them (lists, in order); the last list holds the tail.
 
-    asm = WindowAssembler(spec, frame_converter(spec, stats))
+    ``split``: the video's second half decodes in another thread (:mod:`edgeav.splitdecode`), where the
+    file allows it; the windows are the same.
+    """
+    from edgeav import media, splitdecode
+
+    target = splitdecode.split_target(info) if split else None
+    video = splitdecode.SplitVideo(path, info, spec, target) if target is not None else None
+    convert = frame_converter(spec, stats)
+    asm = WindowAssembler(spec, video.convert(convert) if video is not None else convert)
     if not info.has_audio:
         asm.end_audio()
 
     def clock(seconds: float) -> None:
         stats.times.decode += seconds
 
-    decoded = media.iter_av(path, spec.sample_rate, info, av_offset_s, clock)
+    decoded = media.iter_av(path, spec.sample_rate, info, av_offset_s, clock,
+                            video=iter(video) if video is not None else None)
     try:
         while True:
             # Thread CPU of decoding and window assembly, less the resizing (charged to preprocess).
@@ -371,6 +386,12 @@ def _file_windows(path: str | Path, info: Any, spec: WindowSpec, stats: Pipeline
         close = getattr(decoded, "close", None)  # a generator: close its containers now, in this thread,
         if close is not None:                     # also when the consumer stopped early
             close()
+        if video is not None:
+            video.close()
+            stats.split_at = video.split_at
+            # The second half's resizing (its decoding is in the process CPU run_file counts).
+            for mine, theirs in ((stats.times, video.second_stats.times), (stats.cpu, video.second_stats.cpu)):
+                mine.preprocess += theirs.preprocess
     # A file cut short (a recorder that died) must not pass as complete footage.
     media.check_decoded_length(info, asm.video_end, asm.audio_end if info.has_audio else None)
     tail = asm.finish()

@@ -178,7 +178,7 @@ def _replay(args: argparse.Namespace, config: Any, models: str | Path | None, fi
     stages = ("decode", "preprocess", "embed", "decide")
     totals: dict[str, Any] = {"windows": 0, "events": 0, "alerts": 0, "frames_converted": 0,
                               "times": dict.fromkeys(stages, 0.0), "cpu": dict.fromkeys(stages, 0.0),
-                              "run_cpu": 0.0}
+                              "run_cpu": 0.0, "files_split": 0}
     reports: list[Any] = []  # one ReportSink per file with --report
     with atomic_output(args.out) as out_f, atomic_output(args.windows) as win_f, \
             atomic_output(args.report) as report_f:
@@ -226,6 +226,7 @@ def _replay(args: argparse.Namespace, config: Any, models: str | Path | None, fi
             for key, value in stats.cpu.as_dict().items():
                 totals["cpu"][key] += value
             totals["run_cpu"] += stats.run_cpu
+            totals["files_split"] += stats.split_at is not None
         if report_f is not None:  # after every file, so similar moments can come from all of them
             from edgeav.report import render
 

@@ -61,13 +61,15 @@ class WindowAssembler:
     """
 
     def __init__(self, spec: WindowSpec, convert: Callable[[Any], np.ndarray], *, has_video: bool = True,
-                 has_audio: bool = True, origin: float = 0.0) -> None:
+                 has_audio: bool = True, origin: float = 0.0, first_index: int = 0) -> None:
+        # ``first_index``: the first window on the grid to assemble (a decoder that starts part-way into a
+        # file, see edgeav.splitdecode); window k still starts at ``origin + k * hop_s``, the same float.
         self.spec = spec
         self.convert = convert
         self.has_video = has_video
         self.has_audio = has_audio
         self.origin = origin
-        self._next_index = 0
+        self._next_index = first_index
         self._pending: list[_Pending] = []
         self._prev: tuple[float, Any] | None = None     # last raw frame seen
         self._converted: dict[int, np.ndarray] = {}      # id(raw) -> converted, for frames picked twice
