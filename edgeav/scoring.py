@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from edgeav.decide import AnomalyDecider, AnomalyParams
 from edgeav.labels import Labels
 
 
@@ -28,8 +29,13 @@ def score_replay(labels: Labels, windows: Iterable[dict[str, Any]], alerts: Iter
         correct += w["label"] == labels.segment_label(float(k), float(k + 1))
     anomalies = [e for e in labels.events if e.anomaly]
     alerts = list(alerts)
-    caught = sum(any(a["t_start"] < e.end + slack_s and a["t_end"] > e.start - slack_s for a in alerts)
-                 for e in anomalies)
+    hit = [any(a["t_start"] < e.end + slack_s and a["t_end"] > e.start - slack_s for a in alerts) for e in anomalies]
+    caught = sum(hit)
+    by_kind: dict[str, list[int]] = {}
+    for e, h in zip(anomalies, hit, strict=True):
+        k = by_kind.setdefault(e.label, [0, 0])
+        k[0] += h
+        k[1] += 1
     false_alarms = sum(not any(a["t_start"] < e.end + slack_s and a["t_end"] > e.start - slack_s for e in anomalies)
                        for a in alerts)
     hours = labels.duration / 3600.0
@@ -39,6 +45,7 @@ def score_replay(labels: Labels, windows: Iterable[dict[str, Any]], alerts: Iter
         "anomalies": len(anomalies),
         "anomalies_caught": caught,
         "anomaly_recall": round(caught / len(anomalies), 4) if anomalies else None,
+        "caught_by_kind": by_kind,  # label -> [caught, anomalies]
         "alerts": len(alerts),
         "false_alarms": false_alarms,
         "hours": round(hours, 4),
@@ -54,9 +61,33 @@ def combine(scores: list[dict[str, Any]]) -> dict[str, Any]:
     caught = sum(s["anomalies_caught"] for s in scores)
     fa = sum(s["false_alarms"] for s in scores)
     hours = sum(s["hours"] for s in scores)
+    kinds: dict[str, list[int]] = {}
+    for s in scores:
+        for label, (c, n) in s.get("caught_by_kind", {}).items():
+            k = kinds.setdefault(label, [0, 0])
+            k[0] += c
+            k[1] += n
     return {
         "files": len(scores), "segments": seg, "segment_accuracy": round(acc / seg, 4) if seg else None,
         "anomalies": an, "anomalies_caught": caught, "anomaly_recall": round(caught / an, 4) if an else None,
+        "caught_by_kind": dict(sorted(kinds.items())),
         "alerts": sum(s["alerts"] for s in scores), "false_alarms": fa, "hours": round(hours, 4),
         "false_alarms_per_hour": round(fa / hours, 3) if hours else None,
     }
+
+
+def alerts_at(windows: Iterable[dict[str, Any]], threshold: float, params: AnomalyParams | None = None
+              ) -> list[dict[str, Any]]:
+    """The alerts replay would have raised at another ``threshold``: its window records' anomaly scores, in
+    time order, through the same decider (minimum duration, cooldown). How one replay gives a whole rate
+    curve: the memory's ``threshold_for(rate)`` per rate, then this."""
+    p = params or AnomalyParams()
+    decider = AnomalyDecider(AnomalyParams(threshold=threshold, min_duration_s=p.min_duration_s,
+                                           cooldown_s=p.cooldown_s))
+    out = []
+    for w in windows:
+        score = w.get("anomaly_score")
+        inc = decider.update(float(w["t_start"]), float(w["t_end"]), None if score is None else float(score))
+        if inc is not None:
+            out.append({"t_start": inc.t_start, "t_end": inc.t_end, "score": inc.score})
+    return out

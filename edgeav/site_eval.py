@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 FILE_MINUTES = 10.0
+RATE_CURVE = (0.25, 1.0, 3.0, 10.0, 30.0)  # false alarms per hour the replay is also scored at
 
 
 def _edgeav(*args: str) -> None:
@@ -53,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="/tmp/edgeav-site-eval")
     args = ap.parse_args(argv)
 
-    from edgeav.bundle import resolve_bundle_dir
+    from edgeav.bundle import load_bundle, resolve_bundle_dir
     from edgeav.labels import load_labels, sidecar_path
-    from edgeav.scoring import combine, score_replay
+    from edgeav.scoring import alerts_at, combine, score_replay
 
     t0 = time.time()
     work = Path(args.work)
@@ -68,17 +69,30 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copytree(resolve_bundle_dir(args.models), bundle)
     _edgeav("calibrate", "--models", str(bundle), "--false-alarms-per-hour", str(args.false_alarms_per_hour),
             *(["--features", args.features] if args.features else []), *map(str, normal))
-    scores = []
+    scores, replayed = [], []
     for f in test:
         windows, events = work / f"{f.stem}.windows.jsonl", work / f"{f.stem}.events.jsonl"
         _edgeav("replay", str(f), "--models", str(bundle), "--windows", str(windows), "--out", str(events),
                 "--quiet")
         recs = [json.loads(line) for line in windows.read_text().splitlines()]
         alerts = [r for r in map(json.loads, events.read_text().splitlines()) if r["type"] == "alert"]
-        scores.append(score_replay(load_labels(sidecar_path(f)), recs, alerts))
+        labels = load_labels(sidecar_path(f))
+        scores.append(score_replay(labels, recs, alerts))
+        replayed.append((labels, recs))
     result = combine(scores)
     result["calibration_minutes"] = args.calibrate_minutes
     result["target_false_alarms_per_hour"] = args.false_alarms_per_hour
+    # The same replay at other rates: the memory keeps its calibration scores, so each rate's threshold is
+    # what `anomaly.false_alarms_per_hour` in the config would set; the window scores go through the decider.
+    deployed = load_bundle(bundle)
+    memory = deployed.anomaly
+    if memory is not None and memory.normal is not None:
+        curve = {}
+        for rate in RATE_CURVE:
+            thr = memory.threshold_for(rate, deployed.window_spec.hop_s)
+            c = combine([score_replay(labels, [], alerts_at(recs, thr)) for labels, recs in replayed])
+            curve[f"{rate:g}"] = {"caught": c["anomalies_caught"], "false_alarms": c["false_alarms"]}
+        result["rate_curve"] = curve
     print(json.dumps(result, indent=1))
     print(f"site_eval: {time.time() - t0:.0f} s")
     return 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edgeav.labels import LabelledEvent, Labels
-from edgeav.scoring import combine, score_replay
+from edgeav.scoring import alerts_at, combine, score_replay
 
 
 def test_segment_accuracy_recall_and_false_alarms() -> None:
@@ -23,3 +23,16 @@ def test_segment_accuracy_recall_and_false_alarms() -> None:
     assert s["false_alarms_per_hour"] == round(1 / (10 / 3600), 3)
     both = combine([s, score_replay(labels, windows, [])])
     assert both["anomalies"] == 2 and both["anomaly_recall"] == 0.5 and both["segment_accuracy"] == 0.9
+    assert s["caught_by_kind"] == {"scream": [1, 1]} and both["caught_by_kind"] == {"scream": [1, 2]}
+
+
+def test_alerts_at_another_threshold_go_through_the_runtime_decider() -> None:
+    """One replay's window scores give the alerts of any other threshold: runs above it, one alert per run
+    (a run must last the minimum duration), none within the cooldown after the last, missing scores skipped."""
+    scores = [0.1, 2.0, 2.5, 0.2, 0.1, 3.0, None, 0.1] + [0.1] * 60 + [1.5, 1.6, 0.1]
+    windows = [{"t_start": i * 0.5, "t_end": i * 0.5 + 1.0, "anomaly_score": s} for i, s in enumerate(scores)]
+    high = alerts_at(windows, 1.8)
+    assert [(a["t_start"], a["score"]) for a in high] == [(0.5, 2.0)]  # the run at 2.5 s: inside the cooldown
+    low = alerts_at(windows, 1.0)
+    assert [a["t_start"] for a in low] == [0.5, 34.0]  # 34 s: the cooldown (30 s after 2.0 s) is over
+    assert alerts_at(windows, 10.0) == []

@@ -218,9 +218,8 @@ class Site:
 
 def run_row(site: Site, names: tuple[str, ...], rate: float) -> dict[str, Any]:
     from edgeav.calibrate import calibrate
-    from edgeav.decide import AnomalyDecider, AnomalyParams
     from edgeav.labels import load_labels, sidecar_path
-    from edgeav.scoring import combine, score_replay
+    from edgeav.scoring import alerts_at, combine, score_replay
 
     for path in (*site.normal, *site.test):  # each file decoded once for all the row's features
         for n in names:
@@ -228,23 +227,13 @@ def run_row(site: Site, names: tuple[str, ...], rate: float) -> dict[str, Any]:
         site.t_starts(path)
     normal = {n: np.concatenate([site.feature(n, p) for p in site.normal]) for n in names}
     mem, metrics = calibrate(normal, names, 0.5, rate)
-    scores, kinds = [], {}
+    scores = []
     for path in site.test:
         s = mem.score({n: site.feature(n, path) for n in names})
-        decider = AnomalyDecider(AnomalyParams(threshold=mem.threshold))
-        alerts = []
-        for t, v in zip(site.t_starts(path), s, strict=True):
-            inc = decider.update(float(t), float(t) + 1.0, None if np.isnan(v) else float(v))
-            if inc is not None:
-                alerts.append({"t_start": inc.t_start, "t_end": inc.t_end})
-        labels = load_labels(sidecar_path(path))
-        scores.append(score_replay(labels, [], alerts))
-        for e in labels.events:
-            if e.anomaly:
-                k = kinds.setdefault(e.label, [0, 0])
-                k[0] += any(a["t_start"] < e.end + 1.0 and a["t_end"] > e.start - 1.0 for a in alerts)
-                k[1] += 1
-    return {**combine(scores), "by_kind": kinds, "extremal_index": metrics["extremal_index"]}
+        windows = [{"t_start": float(t), "t_end": float(t) + 1.0, "anomaly_score": None if np.isnan(v) else float(v)}
+                   for t, v in zip(site.t_starts(path), s, strict=True)]
+        scores.append(score_replay(load_labels(sidecar_path(path)), [], alerts_at(windows, mem.threshold)))
+    return {**combine(scores), "extremal_index": metrics["extremal_index"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in args.rows:
         t0 = time.time()
         r = run_row(site, ROWS[row], args.rate)
-        kinds = ", ".join(f"{k} {c}/{n}" for k, (c, n) in sorted(r["by_kind"].items()))
+        kinds = ", ".join(f"{k} {c}/{n}" for k, (c, n) in r["caught_by_kind"].items())
         print(f"{row}: caught {r['anomalies_caught']}/{r['anomalies']}, false alarms {r['false_alarms']} in "
               f"{r['hours']:.1f} h ({kinds}; extremal index {r['extremal_index']}; {time.time() - t0:.0f} s)",
               flush=True)
