@@ -87,19 +87,12 @@ class FoldedVideo(nn.Module):
                         dilation=self.dilation)
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        from train.models import MOTION_CELL
-
         enc = self.encoder
         x = self.first_conv(frames)
         for layer in list(enc.cnn[0])[1:]:  # the first block's norm and activation
             x = layer(x)
-        x = enc.cnn[1:](x)
-        feats = torch.cat([x.mean(dim=(2, 3)), torch.relu(enc.squeeze(x)).flatten(1)], dim=1)
-        # The motion summary as VideoEncoder.all_outputs computes it.
-        u = frames.to(torch.float32) * (1.0 / 255.0)
-        motion = (u - u.mean(dim=1, keepdim=True)).abs().mean(dim=4).amax(dim=1)
-        grid = F.avg_pool2d(motion.unsqueeze(1), MOTION_CELL).flatten(1)
-        return F.normalize(enc.proj(feats), dim=-1), feats, grid
+        feats = enc.pooled(enc.cnn[1:](x))
+        return F.normalize(enc.proj(feats), dim=-1), feats, enc.motion_grid(frames)
 
     def all_outputs(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """What the exporter records (the same as :meth:`VideoEncoder.all_outputs`)."""

@@ -23,7 +23,8 @@ ship because they did not help:
   where the cell is).
 
 Features are cached per file in ``--cache`` (default ``WORK/study-cache``). Prints one line per row: caught
-of the anomalies and false alarms over the test hours, by kind. Needs numpy, OpenCV and onnxruntime (no torch).
+of the anomalies and false alarms over the test hours, by kind. Needs the train extra (OpenCV, torch for the
+filterbank).
 """
 
 from __future__ import annotations
@@ -113,14 +114,10 @@ def cuboids(frames: np.ndarray, cell: int = 8, pool: int = 2) -> np.ndarray:
 
 def _log_mel(audio: np.ndarray, n_mels: int = 64, sr: int = 16000, n_fft: int = 512, win: int = 400,
              hop: int = 160) -> np.ndarray:
-    """``[B, S]`` -> ``[B, n_mels, T]``, the bundle front end's log-mel (numpy)."""
-    def to_mel(f: Any) -> Any:
-        return 2595.0 * np.log10(1.0 + np.asarray(f, np.float64) / 700.0)
+    """``[B, S]`` -> ``[B, n_mels, T]``, the bundle front end's log-mel (numpy; its filterbank from train.models)."""
+    from train.models import mel_matrix
 
-    bins = np.linspace(0, sr / 2, n_fft // 2 + 1)
-    edges = 700.0 * (10.0 ** (np.linspace(to_mel(50.0), to_mel(8000.0), n_mels + 2) / 2595.0) - 1.0)
-    fb = np.stack([np.clip(np.minimum((bins - lo) / (mid - lo), (hi - bins) / (hi - mid)), 0, None)
-                   for lo, mid, hi in zip(edges, edges[1:], edges[2:], strict=False)]).astype(np.float32)
+    fb = mel_matrix(sr, n_fft, n_mels, 50.0, 8000.0)
     window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win) / win)).astype(np.float32)
     idx = np.arange(0, audio.shape[1] - win + 1, hop)[:, None] + np.arange(win)[None]
     power = np.abs(np.fft.rfft(audio[:, idx] * window, n=n_fft, axis=-1)) ** 2

@@ -350,8 +350,18 @@ class VideoEncoder(nn.Module):
 
     def features(self, frames: torch.Tensor) -> torch.Tensor:
         """Pre-projection features ``[B, P]``: global average of the map, then the squeezed grid."""
-        x = self.cnn(self.normalise(frames))  # [B, C, H', W']
+        return self.pooled(self.cnn(self.normalise(frames)))
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """The CNN's map ``[B, C, H', W']`` -> pre-projection features (also export.fold's, on its folded CNN)."""
         return torch.cat([x.mean(dim=(2, 3)), torch.relu(self.squeeze(x)).flatten(1)], dim=1)
+
+    @staticmethod
+    def motion_grid(frames: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, F, H, W, 3]`` -> the motion summary ``[B, (H / 8) * (W / 8)]`` (see :meth:`all_outputs`)."""
+        x = frames.to(torch.float32) * (1.0 / 255.0)
+        motion = (x - x.mean(dim=1, keepdim=True)).abs().mean(dim=4).amax(dim=1)  # [B, H, W]
+        return F.avg_pool2d(motion.unsqueeze(1), MOTION_CELL).flatten(1)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.proj(self.features(frames)), dim=-1)
@@ -366,10 +376,7 @@ class VideoEncoder(nn.Module):
         and faster, than the street's traffic ever does.
         """
         feats = self.features(frames)
-        x = frames.to(torch.float32) * (1.0 / 255.0)  # [B, F, H, W, 3]
-        motion = (x - x.mean(dim=1, keepdim=True)).abs().mean(dim=4).amax(dim=1)  # [B, H, W]
-        grid = F.avg_pool2d(motion.unsqueeze(1), MOTION_CELL).flatten(1)
-        return F.normalize(self.proj(feats), dim=-1), feats, grid
+        return F.normalize(self.proj(feats), dim=-1), feats, self.motion_grid(frames)
 
     @torch.no_grad()
     def set_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> None:
