@@ -13,7 +13,9 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -127,7 +129,11 @@ class CameraPipeline:
 
     def __init__(self, camera: str, bundle: Bundle, sinks: list[Sink], *, events: EventParams | None = None,
                  anomaly: AnomalyParams | None = None, wall_origin: float | None = None, source_id: str = "",
-                 batch_size: int = 16, index: IndexWriter | None = None) -> None:
+                 batch_size: int = 16, index: IndexWriter | None = None, embed_threads: int = 0) -> None:
+        # ``embed_threads``: embed batches in that many worker threads, ahead of the decisions, which stay in
+        # the caller's thread and in window order (embedding is stateless: the same arrays either way).
+        # Replay uses it so that onnxruntime runs on every core once decoding ends instead of on one; 0
+        # embeds in the caller (the daemon's cameras each have their own thread already).
         self.camera = camera
         self.bundle = bundle
         self.sinks = sinks
@@ -152,6 +158,12 @@ class CameraPipeline:
                 threshold = bundle.anomaly.threshold
             self.decider = AnomalyDecider(replace(base, threshold=threshold))
         self._batch: list[Window] = []
+        self._embedder = (ThreadPoolExecutor(embed_threads, thread_name_prefix="edgeav-embed")
+                          if embed_threads > 0 else None)
+        # Batches being embedded, oldest first; at most ``embed_threads + 1`` so the windows waiting in
+        # memory stay bounded (the caller waits for the oldest instead of queueing more).
+        self._embedding: deque[tuple[list[Window], Future[tuple[dict[str, np.ndarray], float, float]]]] = deque()
+        self._max_embedding = embed_threads + 1
         self.index = index
         self._index_source = index.source_id(camera, source_id) if index is not None else 0
         if index is not None:
@@ -170,6 +182,10 @@ class CameraPipeline:
         if self._batch:
             self._process(self._batch)
             self._batch = []
+        while self._embedding:
+            self._decide_oldest()
+        if self._embedder is not None:
+            self._embedder.shutdown()
         if self.localizer is not None:
             t0, c0 = time.perf_counter(), time.thread_time()
             for change in self.localizer.flush():
@@ -177,9 +193,10 @@ class CameraPipeline:
             self.stats.add("decide", t0, c0)
 
     # ----------------------------------------------------------------- processing
-    def _embed(self, windows: list[Window]) -> dict[str, np.ndarray]:
+    def _embed(self, windows: list[Window]) -> tuple[dict[str, np.ndarray], float, float]:
         """Every feature the pipeline uses, ``[len(windows), ...]`` each; NaN rows where a window lacks
-        the feature's modality."""
+        the feature's modality. With the wall and thread CPU seconds it took (charged by the caller's
+        thread: the stats are not shared between threads)."""
         t0, c0 = time.perf_counter(), time.thread_time()
         out: dict[str, np.ndarray] = {}
         for m in MODALITIES:
@@ -194,11 +211,24 @@ class CameraPipeline:
                 if got is not None:
                     full[idx] = got[j]
                 out[feature_name(m, o)] = full
-        self.stats.add("embed", t0, c0)
-        return out
+        return out, time.perf_counter() - t0, time.thread_time() - c0
 
     def _process(self, windows: list[Window]) -> None:
-        feats = self._embed(windows)
+        if self._embedder is None:
+            self._decide(windows, self._embed(windows))
+            return
+        self._embedding.append((windows, self._embedder.submit(self._embed, windows)))
+        while len(self._embedding) >= self._max_embedding:
+            self._decide_oldest()
+
+    def _decide_oldest(self) -> None:
+        windows, future = self._embedding.popleft()
+        self._decide(windows, future.result())
+
+    def _decide(self, windows: list[Window], embedded: tuple[dict[str, np.ndarray], float, float]) -> None:
+        feats, wall, cpu = embedded
+        self.stats.times.embed += wall
+        self.stats.cpu.embed += cpu
         t0, c0 = time.perf_counter(), time.thread_time()
         # A missing modality's embedding is zero for the index and the event head, NaN for the anomaly scorer.
         audio_emb = np.nan_to_num(feats[AUDIO], nan=0.0)

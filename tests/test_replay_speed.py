@@ -37,22 +37,26 @@ class _Records:
 
 
 def test_prefetched_replay_emits_exactly_the_serial_records(tiny_bundle: Path, footage_dir: Path) -> None:
+    """Background decoding and embedding ahead in worker threads (replay's defaults on a multi-core box) give
+    the serial path's records, in its order."""
     bundle = load_bundle(tiny_bundle)
     footage = footage_dir / "anomalies.mp4"
     got = {}
-    for prefetch in (False, True):
+    for prefetch, embed_threads in ((False, 0), (True, 0), (True, 2)):
         sink = _Records()
-        pipeline = CameraPipeline("cam", bundle, [sink], source_id=str(footage), batch_size=8)
+        pipeline = CameraPipeline("cam", bundle, [sink], source_id=str(footage), batch_size=8,
+                                  embed_threads=embed_threads)
         stats = run_file(footage, pipeline, prefetch=prefetch)
-        got[prefetch] = (sink.records, stats.windows, stats.frames_converted)
+        got[prefetch, embed_threads] = (sink.records, stats.windows, stats.frames_converted, stats.alerts)
         # The CPU accounting `edgeav bench` prints: every stage charged, none twice (the process CPU of the run
-        # holds the four threads' shares and FFmpeg's decoder threads besides).
+        # holds the threads' shares and FFmpeg's decoder threads besides).
         cpu = stats.cpu.as_dict()
         assert all(cpu[stage] > 0 for stage in ("decode", "preprocess", "embed", "decide")), cpu
         assert stats.run_cpu >= sum(cpu.values()), (stats.run_cpu, cpu)
-    serial, threaded = got[False], got[True]
-    assert serial[1] == 79 and serial[2] > 0  # 40 s: every window on the 0.5 s grid, frames converted
-    assert threaded == serial, "background decoding must not change a single record"
+    serial = got[False, 0]
+    assert serial[1] == 79 and serial[2] > 0 and serial[3] > 0  # 40 s: every window on the 0.5 s grid, an alert
+    assert got[True, 0] == serial, "background decoding must not change a single record"
+    assert got[True, 2] == serial, "embedding in worker threads must not change a single record or its order"
 
 
 def test_a_reader_started_before_the_bundle_loads_gives_the_same_records(tiny_bundle: Path, footage_dir: Path) -> None:
