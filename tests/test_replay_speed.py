@@ -157,3 +157,4 @@ def test_bench_prints_the_floor_replay_and_where_the_cpu_goes() -> None:
     replay_cpu = float(re.search(r"([\d.]+) s CPU", rows["edgeav replay (whole process)"]).group(1))
     assert sum(parts) <= replay_cpu + 0.05, (parts, replay_cpu)  # the parts are shares of the whole
     assert "cores" in rows["machine"] and rows["windows"].startswith("5 ")
+    assert rows["encoding"].startswith("--encoding camera: x264 veryfast"), rows  # a camera's stream by default

@@ -66,14 +66,16 @@ def _sidecar(labels: Labels, timeline: list[Event], **meta: Any) -> dict:
 def synthesize(out_path: str | os.PathLike[str], *, seconds: float, seed: int, profile: str = "street",
                width: int = 640, height: int = 360, fps: float = 15.0, sample_rate: int = 16000,
                events: list[dict] | None = None,
-               progress: Callable[[float], None] | None = None, site: int | None = None) -> Labels:
+               progress: Callable[[float], None] | None = None, site: int | None = None,
+               preset: str = "ultrafast") -> Labels:
     """Render a street scene to ``out_path`` (MP4: H.264 + AAC) and its labels sidecar; return the labels.
 
     ``events`` scripts the timeline exactly (no random events; the ambient scene still runs).
     The same arguments always give byte-identical files. ``progress`` is called with the
     fraction done after each second of footage. ``site`` (default: ``seed``) seeds the place itself —
     buildings, colours, occluders, light — so several recordings (seeds) of one site share a scene, as a
-    fixed camera's days do: calibrate on some, test on another.
+    fixed camera's days do: calibrate on some, test on another. ``preset``: x264's (``ultrafast``: CAVLC, no
+    deblocking, quick to write and to decode; ``veryfast``: CABAC and deblocking, as a camera's encoder).
     """
     rate = _check_args(seconds, seed, width, height, fps, sample_rate)
     if site is None:
@@ -101,7 +103,7 @@ def synthesize(out_path: str | os.PathLike[str], *, seconds: float, seed: int, p
     sound = Soundtrack(timeline, prof, seed, seconds, sample_rate)
 
     n_frames = round(seconds * rate)
-    writer = Mp4Writer(out, width, height, rate, sample_rate)
+    writer = Mp4Writer(out, width, height, rate, sample_rate, preset=preset)
     side = sidecar_path(out)
     side_tmp = side.with_name(f".{side.name}.partial-{os.getpid()}")
     try:
