@@ -110,3 +110,5 @@ def test_missing_bundle_and_output_directory_errors(footage_dir: Path, tmp_path:
     assert_one_line_error(proc, "nope")
     proc = run_edgeav("replay", footage_dir / "normal.mp4", "--models", tmp_path, "--out", tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    proc = run_edgeav("replay", footage_dir / "normal.mp4", "--embed-threads", "-1")
+    assert_one_line_error(proc, "--embed-threads", "-1")
