@@ -29,7 +29,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +37,7 @@ import numpy as np
 
 from edgeav import __version__
 from edgeav.errors import UserError, read_json_file
-from edgeav.preprocess import WindowSpec
+from edgeav.preprocess import WindowSpec, pitch_shifted
 
 if TYPE_CHECKING:  # imported lazily at run time: the heads need numpy only, but keep import cost low
     from edgeav.calibrate import AnomalyMemory
@@ -534,6 +534,9 @@ class EmbeddedFootage:
     features: dict[str, np.ndarray]  # every feature the bundle gives (see Bundle.features), [N, ...] each
     labels: list[str]  # [N] segment label (``background`` where a file has no sidecar)
     anomalous: np.ndarray  # [N] bool: the sidecar marks the window anomalous
+    # The audio features (``audio*``) of the same windows pitch-shifted, ``[A, N, ...]`` each, one row of A per
+    # factor given to embed_footage (empty without): what calibrate adds to the normal memory.
+    variants: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def joint(self) -> np.ndarray:
@@ -542,11 +545,12 @@ class EmbeddedFootage:
 
 
 def embed_footage(bundle: Bundle, items: Iterable[str | Path], require_labels: bool,
-                  batch: int = 64) -> EmbeddedFootage:
+                  batch: int = 64, pitch_factors: Sequence[float] = ()) -> EmbeddedFootage:
     """Expand FOOTAGE arguments (files, directories), decode each into the bundle's windows and embed them.
 
     Sidecars are read (and, with ``require_labels``, demanded) before anything is decoded, so a
-    missing or bad sidecar fails fast with a one-line error naming it.
+    missing or bad sidecar fails fast with a one-line error naming it. ``pitch_factors``: also embed every
+    window's audio pitch-shifted by each factor (:func:`edgeav.preprocess.pitch_shifted`; ``variants``).
     """
     from edgeav import media  # PyAV decoding; loading a bundle alone does not need it
     from edgeav.labels import BACKGROUND, Labels, load_labels, sidecar_path
@@ -565,15 +569,29 @@ def embed_footage(bundle: Bundle, items: Iterable[str | Path], require_labels: b
             sidecars.append(None)
     ws = bundle.window_spec
     t_all, idx, feats, labels, anomalous = [], [], [], [], []
+    audio_names = [n for n in bundle.features_available if n.startswith("audio")]
+    outs = [o for o in bundle.outputs_for("audio", audio_names) if feature_name("audio", o) in audio_names]
+    variants: list[list[list[np.ndarray]]] = [[] for _ in pitch_factors]  # [factor][file][output]
     for i, (f, lab) in enumerate(zip(files, sidecars, strict=True)):
-        w = media.footage_windows(f, ws)
+        info = media.probe(f)
+        w = media.footage_windows(f, ws, info=info)
         t_all.append(w.t_starts)
         idx.append(np.full(len(w), i, dtype=np.int64))
         feats.append(bundle.features(w.audio, w.frames, batch=batch))
+        if pitch_factors:
+            track = media.decode_audio(f, ws.sample_rate, info.audio_path)
+            starts = np.round(w.t_starts * ws.sample_rate).astype(np.int64)
+            for a, factor in enumerate(pitch_factors):
+                shifted = pitch_shifted(track, starts, ws.samples_per_window, factor)
+                got = [bundle.run("audio", shifted[j:j + batch], outs) for j in range(0, len(shifted), batch)]
+                variants[a].append([np.concatenate([g[k] for g in got]) for k in range(len(outs))])
         for t in w.t_starts:
             t0, t1 = float(t), float(t) + ws.window_s
             labels.append(lab.segment_label(t0, t1) if lab else BACKGROUND)
             anomalous.append(bool(lab and lab.segment_is_anomaly(t0, t1)))
     return EmbeddedFootage(files=files, t_starts=np.concatenate(t_all), file_index=np.concatenate(idx),
                            features={n: np.concatenate([f[n] for f in feats]) for n in feats[0]},
-                           labels=labels, anomalous=np.array(anomalous, dtype=bool))
+                           labels=labels, anomalous=np.array(anomalous, dtype=bool),
+                           variants={feature_name("audio", o): np.stack([np.concatenate([per_file[k] for per_file in v])
+                                                                        for v in variants])
+                                     for k, o in enumerate(outs)} if pitch_factors else {})

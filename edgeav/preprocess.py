@@ -116,3 +116,30 @@ def to_mono_float(samples: np.ndarray) -> np.ndarray:
     if a.ndim == 2:
         a = a.mean(axis=0 if a.shape[0] <= 8 and a.shape[0] < a.shape[1] else 1)
     return a
+
+
+def pitch_shifted(track: np.ndarray, starts: np.ndarray, length: int, factor: float, margin: int = 1600) -> np.ndarray:
+    """Windows of ``length`` samples starting at ``starts`` (sample indices into the mono ``track``), every
+    frequency times ``factor``, as a recording played ``factor`` times faster: ``length * factor`` samples from
+    each start resampled to ``length`` through the spectrum (band-limited: what goes above the new Nyquist
+    frequency is cut, not folded back). The spectrum treats a stretch as periodic, which rings where its ends
+    meet, so ``margin`` more output samples are resampled on each side and cut off. Outside the track is
+    silence. ``[B, length]``.
+    """
+    total = length + 2 * margin
+    src = max(2, round(total * factor))
+    lead = round(margin * factor)
+    track = np.asarray(track, dtype=np.float32)
+    out = np.empty((len(starts), length), dtype=np.float32)
+    for i in range(0, len(starts), 256):
+        segs = np.zeros((len(starts[i:i + 256]), src), dtype=np.float32)
+        for j, s0 in enumerate(starts[i:i + 256]):
+            a = int(s0) - lead
+            seg = track[max(a, 0): a + src]
+            segs[j, max(-a, 0): max(-a, 0) + len(seg)] = seg
+        spec = np.fft.rfft(segs, axis=1)
+        keep = min(spec.shape[1], total // 2 + 1)
+        resized = np.zeros((len(segs), total // 2 + 1), dtype=np.complex128)
+        resized[:, :keep] = spec[:, :keep]
+        out[i:i + 256] = (np.fft.irfft(resized, n=total, axis=1) * (total / src))[:, margin:margin + length]
+    return out

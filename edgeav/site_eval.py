@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-minutes", type=float, default=60.0)
     ap.add_argument("--false-alarms-per-hour", type=float, default=1.0)
     ap.add_argument("--features", default=None, help="calibrate --features (default: calibrate's)")
+    ap.add_argument("--pitch-semitones", type=int, default=None,
+                    help="calibrate --pitch-semitones (default: calibrate's)")
     ap.add_argument("--work", default="/tmp/edgeav-site-eval")
     args = ap.parse_args(argv)
 
@@ -68,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(bundle)
     shutil.copytree(resolve_bundle_dir(args.models), bundle)
     _edgeav("calibrate", "--models", str(bundle), "--false-alarms-per-hour", str(args.false_alarms_per_hour),
-            *(["--features", args.features] if args.features else []), *map(str, normal))
+            *(["--features", args.features] if args.features else []),
+            *(["--pitch-semitones", str(args.pitch_semitones)] if args.pitch_semitones is not None else []),
+            *map(str, normal))
     scores, replayed = [], []
     for f in test:
         windows, events = work / f"{f.stem}.windows.jsonl", work / f"{f.stem}.events.jsonl"

@@ -240,6 +240,8 @@ def test_commands_name_what_is_missing(toy, clip):
     assert_one_line_error(proc, "--models", "copy it first")
     proc = run_edgeav("calibrate", "--models", str(d), str(clip), "--false-alarms-per-hour", "0", timeout=120)
     assert_one_line_error(proc, "--false-alarms-per-hour", "must be > 0")
+    proc = run_edgeav("calibrate", "--models", str(d), str(clip), "--pitch-semitones", "13", timeout=120)
+    assert_one_line_error(proc, "--pitch-semitones", "13")
     assert (d / MANIFEST_NAME).read_bytes() == before  # refused commands leave the bundle as it was
     assert sorted(p.name for p in d.iterdir()) == ["audio.onnx", MANIFEST_NAME, "video.onnx"]
 

@@ -155,6 +155,58 @@ def test_a_bag_feature_flags_one_unusual_instance_that_its_mean_hides(tmp_path):
     assert np.isnan(mem.score({"audio_patches": np.full((2, p, d), np.nan)})).all()
 
 
+def _tone_windows(freqs: list[float], seconds: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A street hum with a tone at each of ``freqs`` in turn (5 s each), and its 1 s window starts every 0.5 s."""
+    sr = 16000
+    t = np.arange(int(seconds * sr)) / sr
+    f = np.asarray(freqs)[(t // 5.0).astype(int) % len(freqs)]
+    track = 0.2 * np.sin(2 * np.pi * np.cumsum(f) / sr) + 0.02 * rng.standard_normal(len(t))
+    return track.astype(np.float32), np.arange(0, len(t) - sr + 1, sr // 2)
+
+
+def _spectrum_feature(windows: np.ndarray) -> np.ndarray:
+    """Log power in 64 bands of 64 Hz up to 4 kHz: a feature that moves with pitch."""
+    power = np.abs(np.fft.rfft(windows * np.hanning(windows.shape[1]), axis=1)) ** 2
+    return np.log(power[:, 1:4097].reshape(len(windows), 64, -1).sum(2) + 1e-6).astype(np.float32)
+
+
+def test_pitch_shifted_copies_make_a_normal_sound_at_a_new_pitch_normal_and_no_further():
+    """The normal memory also holds the calibration audio shifted by 1 to 4 semitones (calibrate's default): a
+    horn 3 semitones above any the calibration heard is then normal, a sound 8 semitones away is still flagged;
+    and a window's own copies never enter the memory it is scored against (out-of-fold scores stay honest)."""
+    from edgeav.calibrate import out_of_fold_scores, pitch_factors
+    from edgeav.preprocess import pitch_shifted
+
+    rng = np.random.default_rng(3)
+    base = [400.0, 800.0]
+    track, starts = _tone_windows(base, 600.0, rng)
+    n = 16000
+    normal = {"audio_summary": _spectrum_feature(pitch_shifted(track, starts, n, 1.0))}
+    np.testing.assert_allclose(pitch_shifted(track, starts[:3], n, 1.0), np.stack([track[s:s + n] for s in starts[:3]]),
+                               atol=1e-4)  # factor 1: the windows themselves
+    factors = pitch_factors(4)
+    assert len(factors) == 8 and np.isclose(factors[0], 2 ** (-4 / 12)) and np.isclose(factors[-1], 2 ** (4 / 12))
+    variants = {"audio_summary": np.stack([_spectrum_feature(pitch_shifted(track, starts, n, f)) for f in factors])}
+    plain, _ = calibrate(normal, ("audio_summary",), 0.5, 1.0)
+    shifted, _ = calibrate(normal, ("audio_summary",), 0.5, 1.0, variants=variants)
+
+    def flagged(mem: AnomalyMemory, freq: float) -> float:
+        t, s = _tone_windows([freq], 30.0, rng)
+        return float((mem.score({"audio_summary": _spectrum_feature(pitch_shifted(t, s, n, 1.0))})
+                      >= mem.threshold).mean())
+
+    near = 400.0 * 2 ** (3 / 12)  # among the normal tones' shifted copies
+    far = 400.0 * 2 ** (-8 / 12)  # below every copy
+    assert flagged(plain, near) >= 0.9 and flagged(shifted, near) <= 0.1
+    assert flagged(shifted, far) >= 0.9
+    assert flagged(plain, 800.0) == flagged(shifted, 800.0) == 0.0
+    # Exact copies as variants, k = 1 and a memory that keeps everything: the out-of-fold scores are those
+    # without copies (a copy of a window in its own fold's memory would put it at distance 0).
+    x = normal["audio_summary"][:300].astype(np.float64)
+    np.testing.assert_allclose(out_of_fold_scores(x, 1, 5000, variants=np.stack([x, x])),
+                               out_of_fold_scores(x, 1, 5000), rtol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------- on synth footage
 #
 # One synthetic site (seed 5): 180 s of training footage and the next 90 s held out, cut from one

@@ -240,6 +240,33 @@ class Site:
         np.save(f, value.astype(np.float32))
         return value
 
+    def variants(self, name: str, path: Path, semitones: int) -> np.ndarray:
+        """``[A, B, ...]``: the bundle feature ``name`` of the file's windows pitch-shifted by 1 to ``semitones``
+        semitones down and up, as `edgeav calibrate --pitch-semitones` adds them to the memory."""
+        from edgeav import media
+        from edgeav.calibrate import pitch_factors
+        from edgeav.preprocess import pitch_shifted
+
+        def cached(n: str) -> Path:
+            return self.cache / f"{path.stem}--{n}--pitch{semitones}.npy"
+
+        if cached(name).exists():
+            return np.load(cached(name))
+        spec = self.bundle().window_spec
+        track = media.decode_audio(path, spec.sample_rate, media.probe(path).audio_path)
+        starts = np.round(self.t_starts(path) * spec.sample_rate).astype(np.int64)
+        outputs = {"audio": "embedding", "audio_pre": "features", "audio_summary": "summary",
+                   "audio_patches": "patches"}
+        got: dict[str, list[np.ndarray]] = {n: [] for n in outputs}
+        for factor in pitch_factors(semitones):  # every audio output at once: one model pass per factor
+            x = pitch_shifted(track, starts, spec.samples_per_window, factor)
+            runs = [self.bundle().run("audio", x[i:i + 64], list(outputs.values())) for i in range(0, len(x), 64)]
+            for j, n in enumerate(outputs):
+                got[n].append(np.concatenate([r[j] for r in runs]))
+        for n, v in got.items():
+            np.save(cached(n), np.stack(v).astype(np.float32))
+        return np.load(cached(name))
+
     def t_starts(self, path: Path) -> np.ndarray:
         f = self.cache / f"{path.stem}--t.npy"
         if not f.exists():
@@ -247,7 +274,7 @@ class Site:
         return np.load(f)
 
 
-def run_row(site: Site, names: tuple[str, ...], rate: float) -> dict[str, Any]:
+def run_row(site: Site, names: tuple[str, ...], rate: float, semitones: int = 0) -> dict[str, Any]:
     from edgeav.calibrate import calibrate
     from edgeav.labels import load_labels, sidecar_path
     from edgeav.scoring import alerts_at, combine, score_replay
@@ -257,7 +284,9 @@ def run_row(site: Site, names: tuple[str, ...], rate: float) -> dict[str, Any]:
             site.feature(n, path)
         site.t_starts(path)
     normal = {n: np.concatenate([site.feature(n, p) for p in site.normal]) for n in names}
-    mem, metrics = calibrate(normal, names, 0.5, rate)
+    shifted = [n for n in names if n.startswith("audio") and n in BUNDLE_FEATURES] if semitones else []
+    variants = {n: np.concatenate([site.variants(n, p, semitones) for p in site.normal], axis=1) for n in shifted}
+    mem, metrics = calibrate(normal, names, 0.5, rate, variants=variants)
     scores = []
     for path in site.test:
         s = mem.score({n: site.feature(n, path) for n in names})
@@ -274,14 +303,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", default=None, help="feature cache (default WORK/study-cache)")
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     ap.add_argument("--rate", type=float, default=1.0, help="false alarms per hour to calibrate for")
+    ap.add_argument("--pitch-semitones", type=int, default=None,
+                    help="the bundle's audio features of the normal footage pitch-shifted into the memory, as "
+                         "edgeav calibrate does (default: calibrate's)")
+    ap.add_argument("--normal-files", type=int, default=None,
+                    help="calibrate on the first N normal files only (by number: normal-SITE-1 ...)")
     args = ap.parse_args(argv)
     work = Path(args.work)
+    from edgeav.calibrate import PITCH_SEMITONES
+
+    semitones = PITCH_SEMITONES if args.pitch_semitones is None else args.pitch_semitones
     site = Site(work, Path(args.cache) if args.cache else work / "study-cache", args.models)
+    if args.normal_files is not None:  # site_eval's --calibrate-minutes: its first files, in number order
+        site.normal = sorted(site.normal, key=lambda p: int(p.stem.rsplit("-", 1)[1]))[:args.normal_files]
     print(f"anomaly_study: {len(site.normal)} calibration files, {len(site.test)} test files in {work}; "
-          f"{args.rate:g} false alarms/hour", flush=True)
+          f"{args.rate:g} false alarms/hour; normal audio also pitch-shifted by 1 to {semitones} semitones",
+          flush=True)
     for row in args.rows:
         t0 = time.time()
-        r = run_row(site, ROWS[row], args.rate)
+        r = run_row(site, ROWS[row], args.rate, semitones)
         kinds = ", ".join(f"{k} {c}/{n}" for k, (c, n) in r["caught_by_kind"].items())
         print(f"{row}: caught {r['anomalies_caught']}/{r['anomalies']}, false alarms {r['false_alarms']} in "
               f"{r['hours']:.1f} h ({kinds}; extremal index {r['extremal_index']}; {time.time() - t0:.0f} s)",
