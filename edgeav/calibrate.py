@@ -54,8 +54,8 @@ BAG_SAMPLE = 20000
 SPREAD_QUANTILE = 0.99  # a part's normal scores are rescaled so that median -> 0 and this quantile -> 1
 # The normal memory also holds every normal window's audio pitch-shifted by 1 to this many semitones up and down
 # (`edgeav calibrate --pitch-semitones`): a street's sirens, horns and engines come at pitches an hour of footage
-# has not all heard. At the held-out site 5150 (README, "Anomalies at a new site") +-4 caught 54 of 101 against 46
-# without, for 3 false alarms in 4 h either way; +-2 caught 47, +-6 54 with 5 false alarms.
+# has not all heard. At the held-out site 5150 (README, "Anomalies at a new site") +-4 caught 53 of 101 against 46
+# without (4 and 3 false alarms in 4 h), and at site 6061 38 of 56 against 30 (3 and 2 in 2 h).
 PITCH_SEMITONES = 4
 
 
