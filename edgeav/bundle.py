@@ -545,12 +545,14 @@ class EmbeddedFootage:
 
 
 def embed_footage(bundle: Bundle, items: Iterable[str | Path], require_labels: bool,
-                  batch: int = 64, pitch_factors: Sequence[float] = ()) -> EmbeddedFootage:
+                  batch: int = 64, pitch_factors: Sequence[float] = (),
+                  variant_features: Sequence[str] | None = None) -> EmbeddedFootage:
     """Expand FOOTAGE arguments (files, directories), decode each into the bundle's windows and embed them.
 
     Sidecars are read (and, with ``require_labels``, demanded) before anything is decoded, so a
     missing or bad sidecar fails fast with a one-line error naming it. ``pitch_factors``: also embed every
-    window's audio pitch-shifted by each factor (:func:`edgeav.preprocess.pitch_shifted`; ``variants``).
+    window's audio pitch-shifted by each factor (:func:`edgeav.preprocess.pitch_shifted`; ``variants``), for
+    the audio features among ``variant_features`` (default: all of them).
     """
     from edgeav import media  # PyAV decoding; loading a bundle alone does not need it
     from edgeav.labels import BACKGROUND, Labels, load_labels, sidecar_path
@@ -569,22 +571,26 @@ def embed_footage(bundle: Bundle, items: Iterable[str | Path], require_labels: b
             sidecars.append(None)
     ws = bundle.window_spec
     t_all, idx, feats, labels, anomalous = [], [], [], [], []
-    audio_names = [n for n in bundle.features_available if n.startswith("audio")]
+    audio_names = [n for n in bundle.features_available if n.startswith("audio")
+                   and (variant_features is None or n in variant_features)]
     outs = [o for o in bundle.outputs_for("audio", audio_names) if feature_name("audio", o) in audio_names]
-    variants: list[list[list[np.ndarray]]] = [[] for _ in pitch_factors]  # [factor][file][output]
+    variants: list[list[np.ndarray]] = [[] for _ in outs]  # [output][file]: [factors, windows, ...]
     for i, (f, lab) in enumerate(zip(files, sidecars, strict=True)):
         info = media.probe(f)
         w = media.footage_windows(f, ws, info=info)
         t_all.append(w.t_starts)
         idx.append(np.full(len(w), i, dtype=np.int64))
         feats.append(bundle.features(w.audio, w.frames, batch=batch))
-        if pitch_factors:
+        if pitch_factors and outs:
             track = media.decode_audio(f, ws.sample_rate, info.audio_path)
             starts = np.round(w.t_starts * ws.sample_rate).astype(np.int64)
-            for a, factor in enumerate(pitch_factors):
+            per_factor = []
+            for factor in pitch_factors:
                 shifted = pitch_shifted(track, starts, ws.samples_per_window, factor)
-                got = [bundle.run("audio", shifted[j:j + batch], outs) for j in range(0, len(shifted), batch)]
-                variants[a].append([np.concatenate([g[k] for g in got]) for k in range(len(outs))])
+                per_factor.append([bundle.run("audio", shifted[j:j + batch], outs)
+                                   for j in range(0, len(shifted), batch)])
+            for k in range(len(outs)):
+                variants[k].append(np.stack([np.concatenate([g[k] for g in got]) for got in per_factor]))
         for t in w.t_starts:
             t0, t1 = float(t), float(t) + ws.window_s
             labels.append(lab.segment_label(t0, t1) if lab else BACKGROUND)
@@ -592,6 +598,5 @@ def embed_footage(bundle: Bundle, items: Iterable[str | Path], require_labels: b
     return EmbeddedFootage(files=files, t_starts=np.concatenate(t_all), file_index=np.concatenate(idx),
                            features={n: np.concatenate([f[n] for f in feats]) for n in feats[0]},
                            labels=labels, anomalous=np.array(anomalous, dtype=bool),
-                           variants={feature_name("audio", o): np.stack([np.concatenate([per_file[k] for per_file in v])
-                                                                        for v in variants])
-                                     for k, o in enumerate(outs)} if pitch_factors else {})
+                           variants={feature_name("audio", o): np.concatenate(variants[k], axis=1)
+                                     for k, o in enumerate(outs) if variants[k]})

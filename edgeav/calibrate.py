@@ -272,7 +272,9 @@ def fit_part(feature: str, x: np.ndarray, k: int, memory_size: int,
     mean, scale = standardisation(x.reshape(-1, x.shape[-1]))
     z = (x - mean) / scale
     # The copies stay float32 (several times the footage's size); the memory is stored in float32 anyway.
-    zv = None if variants is None else ((np.asarray(variants, dtype=np.float32) - mean) / scale).astype(np.float32)
+    zv = None if variants is None else np.subtract(variants, mean, dtype=np.float32)
+    if zv is not None:
+        zv /= scale
     oof = out_of_fold_scores(z, k, memory_size, variants=zv).astype(np.float64)
     centre = float(np.median(oof))
     spread = max(float(np.quantile(oof, SPREAD_QUANTILE)) - centre, 1e-9)
@@ -526,14 +528,18 @@ def run(args: argparse.Namespace) -> int:
     d = writable_bundle_dir(args.models, "calibrate")
     bundle = load_bundle(d, threads=args.threads, with_heads=False)
     factors = pitch_factors(args.pitch_semitones)
-    emb = embed_footage(bundle, args.footage, require_labels=False, pitch_factors=factors)
+    # Copies of only the features the memory will use (every one for --features auto): they are the bulk.
+    wanted = (None if args.features == "auto"
+              else [f.strip() for f in args.features.split(",")] if args.features
+              else [f for d in (DEFAULT_FEATURES, PREVIOUS_DEFAULT_FEATURES) for f in d])
+    emb = embed_footage(bundle, args.footage, require_labels=False, pitch_factors=factors, variant_features=wanted)
     paths = emb.files
     mask = ~emb.anomalous
     dropped = int((~mask).sum())
     if dropped:
         log.info("calibrate: leaving out %d windows that the sidecars mark anomalous", dropped)
     normal = {name: x[mask] for name, x in emb.features.items()}
-    variants = {name: v[:, mask] for name, v in emb.variants.items()}
+    variants = {name: v if mask.all() else v[:, mask] for name, v in emb.variants.items()}
     hop = bundle.window_spec.hop_s
     comparison = None
     if args.features == "auto":
