@@ -401,6 +401,23 @@ class Bundle:
                              f"got {frames.dtype} {frames.shape}")
         return list(self.video_session.run(list(outputs), {VIDEO_INPUT: np.ascontiguousarray(frames)}))
 
+    def pitch_variants(self, track: np.ndarray, t_starts: np.ndarray, factors: Sequence[float],
+                       names: Sequence[str], batch: int = 64) -> dict[str, np.ndarray]:
+        """The audio features ``names`` (those of them the audio model gives) of the windows starting at
+        ``t_starts`` (seconds) in the mono ``track``, pitch-shifted by each of ``factors``
+        (:func:`edgeav.preprocess.pitch_shifted`): ``[len(factors), len(t_starts), ...]`` by name. One model pass
+        per factor gives them all."""
+        ws = self.window_spec
+        outs = [o for o in self.outputs_for("audio", names) if feature_name("audio", o) in names]
+        starts = np.round(np.asarray(t_starts) * ws.sample_rate).astype(np.int64)
+        got: dict[str, list[np.ndarray]] = {o: [] for o in outs}
+        for factor in factors:
+            x = pitch_shifted(track, starts, ws.samples_per_window, factor)
+            runs = [self.run("audio", x[j:j + batch], outs) for j in range(0, len(x), batch)]
+            for k, o in enumerate(outs):
+                got[o].append(np.concatenate([r[k] for r in runs]))
+        return {feature_name("audio", o): np.stack(v) for o, v in got.items() if v}
+
     def embed_audio(self, audio: np.ndarray) -> np.ndarray:
         """Mono float32 windows ``[B, S]`` -> embeddings ``[B, D]``."""
         return self.run_audio(audio)[0]
@@ -573,24 +590,17 @@ def embed_footage(bundle: Bundle, items: Iterable[str | Path], require_labels: b
     t_all, idx, feats, labels, anomalous = [], [], [], [], []
     audio_names = [n for n in bundle.features_available if n.startswith("audio")
                    and (variant_features is None or n in variant_features)]
-    outs = [o for o in bundle.outputs_for("audio", audio_names) if feature_name("audio", o) in audio_names]
-    variants: list[list[np.ndarray]] = [[] for _ in outs]  # [output][file]: [factors, windows, ...]
+    variants: dict[str, list[np.ndarray]] = {}  # by feature, per file: [factors, windows, ...]
     for i, (f, lab) in enumerate(zip(files, sidecars, strict=True)):
         info = media.probe(f)
         w = media.footage_windows(f, ws, info=info)
         t_all.append(w.t_starts)
         idx.append(np.full(len(w), i, dtype=np.int64))
         feats.append(bundle.features(w.audio, w.frames, batch=batch))
-        if pitch_factors and outs:
+        if pitch_factors and audio_names:
             track = media.decode_audio(f, ws.sample_rate, info.audio_path)
-            starts = np.round(w.t_starts * ws.sample_rate).astype(np.int64)
-            per_factor = []
-            for factor in pitch_factors:
-                shifted = pitch_shifted(track, starts, ws.samples_per_window, factor)
-                per_factor.append([bundle.run("audio", shifted[j:j + batch], outs)
-                                   for j in range(0, len(shifted), batch)])
-            for k in range(len(outs)):
-                variants[k].append(np.stack([np.concatenate([g[k] for g in got]) for got in per_factor]))
+            for name, v in bundle.pitch_variants(track, w.t_starts, pitch_factors, audio_names, batch).items():
+                variants.setdefault(name, []).append(v)
         for t in w.t_starts:
             t0, t1 = float(t), float(t) + ws.window_s
             labels.append(lab.segment_label(t0, t1) if lab else BACKGROUND)
@@ -598,5 +608,4 @@ def embed_footage(bundle: Bundle, items: Iterable[str | Path], require_labels: b
     return EmbeddedFootage(files=files, t_starts=np.concatenate(t_all), file_index=np.concatenate(idx),
                            features={n: np.concatenate([f[n] for f in feats]) for n in feats[0]},
                            labels=labels, anomalous=np.array(anomalous, dtype=bool),
-                           variants={feature_name("audio", o): np.concatenate(variants[k], axis=1)
-                                     for k, o in enumerate(outs) if variants[k]})
+                           variants={name: np.concatenate(v, axis=1) for name, v in variants.items()})

@@ -124,6 +124,12 @@ def window_distances(x: np.ndarray, memory: np.ndarray, k: int) -> np.ndarray:
     return knn_scores(x.reshape(b * p, d), memory, k).reshape(b, p).max(axis=1)
 
 
+def pool_sample(variants: np.ndarray | None) -> int:
+    """How many bag instances the coreset chooses among: copies add to the windows' own instead of thinning
+    them out."""
+    return BAG_SAMPLE * (1 + (0 if variants is None else len(variants)))
+
+
 def out_of_fold_scores(x: np.ndarray, k: int, memory_size: int, folds: int = 5,
                        variants: np.ndarray | None = None) -> np.ndarray:
     """Each contiguous fold of windows scored against a memory of the other folds: honest normal scores.
@@ -135,13 +141,12 @@ def out_of_fold_scores(x: np.ndarray, k: int, memory_size: int, folds: int = 5,
     folds = max(2, min(folds, n // max(k + 1, 2)))
     edges = np.linspace(0, n, folds + 1).astype(int)
     out = np.empty(n, dtype=np.float32)
+    sample = pool_sample(variants)
     for i in range(folds):
         lo, hi = edges[i], edges[i + 1]
         pool = [x[:lo], x[hi:]]
         if variants is not None:
             pool += [v for a in variants for v in (a[:lo], a[hi:])]
-        # Copies add to the instances the coreset chooses among, rather than thinning out the windows' own.
-        sample = BAG_SAMPLE * (1 + (0 if variants is None else len(variants)))
         out[lo:hi] = window_distances(x[lo:hi], bag_memory(pool, memory_size, sample), k)
     return out
 
@@ -279,7 +284,7 @@ def fit_part(feature: str, x: np.ndarray, k: int, memory_size: int,
     centre = float(np.median(oof))
     spread = max(float(np.quantile(oof, SPREAD_QUANTILE)) - centre, 1e-9)
     pool = [z] if zv is None else [z, *zv]
-    part = ScorerPart(feature=feature, memory=bag_memory(pool, memory_size, BAG_SAMPLE * len(pool)).astype(np.float32),
+    part = ScorerPart(feature=feature, memory=bag_memory(pool, memory_size, pool_sample(zv)).astype(np.float32),
                       mean=mean, scale=scale, centre=centre, spread=spread)
     return part, ((oof - centre) / spread).astype(np.float32)
 

@@ -245,26 +245,16 @@ class Site:
         semitones down and up, as `edgeav calibrate --pitch-semitones` adds them to the memory."""
         from edgeav import media
         from edgeav.calibrate import pitch_factors
-        from edgeav.preprocess import pitch_shifted
 
         def cached(n: str) -> Path:
             return self.cache / f"{path.stem}--{n}--pitch{semitones}.npy"
 
-        if cached(name).exists():
-            return np.load(cached(name))
-        spec = self.bundle().window_spec
-        track = media.decode_audio(path, spec.sample_rate, media.probe(path).audio_path)
-        starts = np.round(self.t_starts(path) * spec.sample_rate).astype(np.int64)
-        outputs = {"audio": "embedding", "audio_pre": "features", "audio_summary": "summary",
-                   "audio_patches": "patches"}
-        got: dict[str, list[np.ndarray]] = {n: [] for n in outputs}
-        for factor in pitch_factors(semitones):  # every audio output at once: one model pass per factor
-            x = pitch_shifted(track, starts, spec.samples_per_window, factor)
-            runs = [self.bundle().run("audio", x[i:i + 64], list(outputs.values())) for i in range(0, len(x), 64)]
-            for j, n in enumerate(outputs):
-                got[n].append(np.concatenate([r[j] for r in runs]))
-        for n, v in got.items():
-            np.save(cached(n), np.stack(v).astype(np.float32))
+        if not cached(name).exists():  # every audio feature at once: one model pass per factor
+            track = media.decode_audio(path, self.bundle().window_spec.sample_rate, media.probe(path).audio_path)
+            names = [n for n in BUNDLE_FEATURES if n.startswith("audio")]
+            for n, v in self.bundle().pitch_variants(track, self.t_starts(path), pitch_factors(semitones),
+                                                     names).items():
+                np.save(cached(n), v.astype(np.float32))
         return np.load(cached(name))
 
     def t_starts(self, path: Path) -> np.ndarray:
