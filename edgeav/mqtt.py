@@ -243,7 +243,9 @@ class MqttPublisher:
             if entry is None:
                 self._early[mid] = time.monotonic()
                 return
-        self._acked(entry[0], reason)
+            # Under the lock: between leaving the in-flight set and leaving the outbox, the sender would see
+            # the row as pending and publish it again (a needless duplicate).
+            self._acked(entry[0], reason)
 
     def _acked(self, seq: int, reason: Any) -> None:
         if reason is not None and getattr(reason, "is_failure", False):
@@ -283,11 +285,10 @@ class MqttPublisher:
                     break  # disconnected meanwhile: the row stays queued
                 self.counters.published += 1
                 with self._lock:
-                    early = self._early.pop(info.mid, None)
-                    if early is None:
+                    if self._early.pop(info.mid, None) is None:
                         self._inflight[info.mid] = (row.seq, time.monotonic())
-                if early is not None:
-                    self._acked(row.seq, None)
+                    else:
+                        self._acked(row.seq, None)
             if rows and len(rows) == room:
                 self._wake.set()  # there may be more queued than there was room for
 

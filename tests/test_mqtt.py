@@ -98,6 +98,24 @@ def test_alerts_published_while_the_broker_is_down_all_arrive(tmp_path, publishe
         sub.close()
 
 
+def test_a_burst_over_a_healthy_broker_arrives_exactly_once(tmp_path, publishers):
+    """No needless duplicates: a PUBACK and the sender racing must not publish an acknowledged row again."""
+    with Broker() as broker:
+        sub = Subscriber(broker.port, [TOPICS.alerts(CAM)])
+        pub = start_publisher(publishers, mqtt_config(broker.port), tmp_path / "state")
+        burst = alerts(1500)
+        wait_until(lambda: pub.counters.connected, 10, "the connection")
+        for rec in burst:
+            pub.publish_record(rec)
+        wait_until(lambda: pub.outbox.depth() == 0, 30, "the outbox to drain")
+        want = [r["id"] for r in burst]
+        wait_until(lambda: len(sub.on(TOPICS.alerts(CAM))) >= len(want), 10, "every alert")
+        time.sleep(0.3)  # a late duplicate would arrive now
+        assert received_ids(sub, TOPICS.alerts(CAM)) == want
+        assert pub.counters.published == len(want)
+        sub.close()
+
+
 def test_first_connection_retried_and_queued_alerts_survive_a_restart(tmp_path, publishers):
     """No broker at boot: alerts queue on disk; the daemon restarts; the broker comes up; all arrive."""
     port = free_port()
