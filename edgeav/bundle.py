@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeav import __version__
+from edgeav.calibrate import thinned_copy
 from edgeav.errors import UserError, read_json_file
 from edgeav.preprocess import WindowSpec, pitch_shifted
 
@@ -402,11 +403,15 @@ class Bundle:
         return list(self.video_session.run(list(outputs), {VIDEO_INPUT: np.ascontiguousarray(frames)}))
 
     def pitch_variants(self, track: np.ndarray, t_starts: np.ndarray, factors: Sequence[float],
-                       names: Sequence[str], batch: int = 64) -> dict[str, np.ndarray]:
+                       names: Sequence[str], batch: int = 64, bag_stride: int = 1) -> dict[str, np.ndarray]:
         """The audio features ``names`` (those of them the audio model gives) of the windows starting at
         ``t_starts`` (seconds) in the mono ``track``, pitch-shifted by each of ``factors``
         (:func:`edgeav.preprocess.pitch_shifted`): ``[len(factors), len(t_starts), ...]`` by name. One model pass
-        per factor gives them all."""
+        per factor gives them all.
+
+        ``bag_stride``: a bag feature's copy (``[B, P, D]``) keeps every ``bag_stride``-th instance of each window,
+        a different one per factor (``[A, B, P // bag_stride, D]``), for a memory that samples its instances anyway
+        (:func:`edgeav.calibrate.thinned_copy`)."""
         ws = self.window_spec
         outs = [o for o in self.outputs_for("audio", names) if feature_name("audio", o) in names]
         starts = np.round(np.asarray(t_starts) * ws.sample_rate).astype(np.int64)
@@ -415,7 +420,7 @@ class Bundle:
             x = pitch_shifted(track, starts, ws.samples_per_window, factor)
             runs = [self.run("audio", x[j:j + batch], outs) for j in range(0, len(x), batch)]
             for k, o in enumerate(outs):
-                got[o].append(np.concatenate([r[k] for r in runs]))
+                got[o].append(thinned_copy(np.concatenate([r[k] for r in runs]), len(got[o]), bag_stride))
         return {feature_name("audio", o): np.stack(v) for o, v in got.items() if v}
 
     def embed_audio(self, audio: np.ndarray) -> np.ndarray:
@@ -563,13 +568,14 @@ class EmbeddedFootage:
 
 def embed_footage(bundle: Bundle, items: Iterable[str | Path], require_labels: bool,
                   batch: int = 64, pitch_factors: Sequence[float] = (),
-                  variant_features: Sequence[str] | None = None) -> EmbeddedFootage:
+                  variant_features: Sequence[str] | None = None, bag_stride: int = 1) -> EmbeddedFootage:
     """Expand FOOTAGE arguments (files, directories), decode each into the bundle's windows and embed them.
 
     Sidecars are read (and, with ``require_labels``, demanded) before anything is decoded, so a
     missing or bad sidecar fails fast with a one-line error naming it. ``pitch_factors``: also embed every
     window's audio pitch-shifted by each factor (:func:`edgeav.preprocess.pitch_shifted`; ``variants``), for
-    the audio features among ``variant_features`` (default: all of them).
+    the audio features among ``variant_features`` (default: all of them), bag features' copies thinned by
+    ``bag_stride`` (see :meth:`Bundle.pitch_variants`).
     """
     from edgeav import media  # PyAV decoding; loading a bundle alone does not need it
     from edgeav.labels import BACKGROUND, Labels, load_labels, sidecar_path
@@ -599,7 +605,8 @@ def embed_footage(bundle: Bundle, items: Iterable[str | Path], require_labels: b
         feats.append(bundle.features(w.audio, w.frames, batch=batch))
         if pitch_factors and audio_names:
             track = media.decode_audio(f, ws.sample_rate, info.audio_path)
-            for name, v in bundle.pitch_variants(track, w.t_starts, pitch_factors, audio_names, batch).items():
+            for name, v in bundle.pitch_variants(track, w.t_starts, pitch_factors, audio_names, batch,
+                                                         bag_stride).items():
                 variants.setdefault(name, []).append(v)
         for t in w.t_starts:
             t0, t1 = float(t), float(t) + ws.window_s

@@ -57,6 +57,10 @@ SPREAD_QUANTILE = 0.99  # a part's normal scores are rescaled so that median -> 
 # has not all heard. At the held-out site 5150 (README, "Anomalies at a new site") +-4 caught 53 of 101 against 46
 # without (4 and 3 false alarms in 4 h), and at site 6061 38 of 56 against 30 (3 and 2 in 2 h).
 PITCH_SEMITONES = 4
+# A pitch-shifted copy of a bag feature keeps every 4th instance of each window (a different quarter per copy):
+# the memory samples BAG_SAMPLE-proportionate instances from the pool anyway, and whole copies made calibrating
+# 60 min peak at 2.5 GB (1.5 GB thinned: README, "Anomalies at a new site"), growing with the footage.
+BAG_COPY_STRIDE = 4
 
 
 def pitch_factors(semitones: int) -> tuple[float, ...]:
@@ -124,10 +128,19 @@ def window_distances(x: np.ndarray, memory: np.ndarray, k: int) -> np.ndarray:
     return knn_scores(x.reshape(b * p, d), memory, k).reshape(b, p).max(axis=1)
 
 
-def pool_sample(variants: np.ndarray | None) -> int:
-    """How many bag instances the coreset chooses among: copies add to the windows' own instead of thinning
-    them out."""
-    return BAG_SAMPLE * (1 + (0 if variants is None else len(variants)))
+def thinned_copy(v: np.ndarray, copy: int, stride: int = BAG_COPY_STRIDE) -> np.ndarray:
+    """A bag feature's altered copy ``[B, P, D]`` cut to every ``stride``-th instance of each window, starting at
+    ``copy % stride`` (so the copies between them keep every instance): ``[B, P // stride, D]``. Rows
+    (``[B, D]``) are returned whole."""
+    if v.ndim != 3 or stride <= 1:
+        return v
+    return np.ascontiguousarray(v[:, copy % stride::stride][:, :v.shape[1] // stride])
+
+
+def pool_sample(x: np.ndarray, variants: np.ndarray | None) -> int:
+    """How many bag instances the coreset chooses among: the windows' own are sampled as densely as without
+    copies, so copies add to them instead of thinning them out."""
+    return round(BAG_SAMPLE * (1 + (0 if variants is None else variants.size / x.size)))
 
 
 def out_of_fold_scores(x: np.ndarray, k: int, memory_size: int, folds: int = 5,
@@ -141,7 +154,7 @@ def out_of_fold_scores(x: np.ndarray, k: int, memory_size: int, folds: int = 5,
     folds = max(2, min(folds, n // max(k + 1, 2)))
     edges = np.linspace(0, n, folds + 1).astype(int)
     out = np.empty(n, dtype=np.float32)
-    sample = pool_sample(variants)
+    sample = pool_sample(x, variants)
     for i in range(folds):
         lo, hi = edges[i], edges[i + 1]
         pool = [x[:lo], x[hi:]]
@@ -284,7 +297,7 @@ def fit_part(feature: str, x: np.ndarray, k: int, memory_size: int,
     centre = float(np.median(oof))
     spread = max(float(np.quantile(oof, SPREAD_QUANTILE)) - centre, 1e-9)
     pool = [z] if zv is None else [z, *zv]
-    part = ScorerPart(feature=feature, memory=bag_memory(pool, memory_size, pool_sample(zv)).astype(np.float32),
+    part = ScorerPart(feature=feature, memory=bag_memory(pool, memory_size, pool_sample(z, zv)).astype(np.float32),
                       mean=mean, scale=scale, centre=centre, spread=spread)
     return part, ((oof - centre) / spread).astype(np.float32)
 
@@ -537,7 +550,8 @@ def run(args: argparse.Namespace) -> int:
     wanted = (None if args.features == "auto"
               else [f.strip() for f in args.features.split(",")] if args.features
               else [f for d in (DEFAULT_FEATURES, PREVIOUS_DEFAULT_FEATURES) for f in d])
-    emb = embed_footage(bundle, args.footage, require_labels=False, pitch_factors=factors, variant_features=wanted)
+    emb = embed_footage(bundle, args.footage, require_labels=False, pitch_factors=factors, variant_features=wanted,
+                       bag_stride=BAG_COPY_STRIDE)
     paths = emb.files
     mask = ~emb.anomalous
     dropped = int((~mask).sum())

@@ -207,6 +207,46 @@ def test_pitch_shifted_copies_make_a_normal_sound_at_a_new_pitch_normal_and_no_f
                                out_of_fold_scores(x, 1, 5000), rtol=1e-6)
 
 
+def _spectrum_bag(windows: np.ndarray, parts: int = 8) -> np.ndarray:
+    """The same bands per 125 ms of the window: a bag feature ``[B, 8, 64]``, as the audio patches are."""
+    b, n = windows.shape
+    chunks = windows.reshape(b * parts, n // parts)
+    power = np.abs(np.fft.rfft(chunks * np.hanning(chunks.shape[1]), axis=1)) ** 2  # 8 Hz bins
+    return np.log(power[:, 1:513].reshape(b, parts, 64, 8).sum(3) + 1e-6).astype(np.float32)
+
+
+def test_thinned_bag_copies_still_make_a_normal_sound_at_a_new_pitch_normal():
+    """calibrate keeps a quarter of each pitch-shifted copy's bag instances (a different quarter per copy: the
+    memory samples instances anyway, and whole copies cost gigabytes per hour of footage); the copies between
+    them keep every instance, and the near-pitch horn is still normal, the far one still flagged."""
+    from edgeav.calibrate import BAG_COPY_STRIDE, pitch_factors, thinned_copy
+    from edgeav.preprocess import pitch_shifted
+
+    rng = np.random.default_rng(4)
+    track, starts = _tone_windows([400.0, 800.0], 600.0, rng)
+    n = 16000
+    normal = {"audio_patches": _spectrum_bag(pitch_shifted(track, starts, n, 1.0))}
+    full = [_spectrum_bag(pitch_shifted(track, starts, n, f)) for f in pitch_factors(4)]
+    thinned = [thinned_copy(v, a) for a, v in enumerate(full)]
+    assert BAG_COPY_STRIDE == 4 and all(t.shape == (len(starts), 2, 64) for t in thinned)
+    np.testing.assert_array_equal(np.sort(np.concatenate(thinned[:4], axis=1), axis=1),
+                                  np.sort(np.concatenate([full[a][:, a::4] for a in range(4)], axis=1), axis=1))
+    assert {tuple(np.flatnonzero(np.isin(full[a][0, :, 0], thinned[a][0, :, 0]))) for a in range(4)} == \
+        {(0, 4), (1, 5), (2, 6), (3, 7)}
+    plain, _ = calibrate(normal, ("audio_patches",), 0.5, 1.0)
+    shifted, _ = calibrate(normal, ("audio_patches",), 0.5, 1.0, variants={"audio_patches": np.stack(thinned)})
+
+    def flagged(mem: AnomalyMemory, freq: float) -> float:
+        t, s = _tone_windows([freq], 30.0, rng)
+        return float((mem.score({"audio_patches": _spectrum_bag(pitch_shifted(t, s, n, 1.0))})
+                      >= mem.threshold).mean())
+
+    near, far = 400.0 * 2 ** (3 / 12), 400.0 * 2 ** (-8 / 12)
+    assert flagged(plain, near) >= 0.9 and flagged(shifted, near) <= 0.1
+    assert flagged(shifted, far) >= 0.9
+    assert flagged(shifted, 800.0) == 0.0
+
+
 # ---------------------------------------------------------------------------------------------- on synth footage
 #
 # One synthetic site (seed 5): 180 s of training footage and the next 90 s held out, cut from one

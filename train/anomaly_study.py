@@ -242,18 +242,19 @@ class Site:
 
     def variants(self, name: str, path: Path, semitones: int) -> np.ndarray:
         """``[A, B, ...]``: the bundle feature ``name`` of the file's windows pitch-shifted by 1 to ``semitones``
-        semitones down and up, as `edgeav calibrate --pitch-semitones` adds them to the memory."""
+        semitones down and up, as `edgeav calibrate --pitch-semitones` adds them to the memory (bags thinned
+        alike)."""
         from edgeav import media
-        from edgeav.calibrate import pitch_factors
+        from edgeav.calibrate import BAG_COPY_STRIDE, pitch_factors
 
         def cached(n: str) -> Path:
-            return self.cache / f"{path.stem}--{n}--pitch{semitones}.npy"
+            return self.cache / f"{path.stem}--{n}--pitch{semitones}-bag{BAG_COPY_STRIDE}.npy"
 
         if not cached(name).exists():  # every audio feature at once: one model pass per factor
             track = media.decode_audio(path, self.bundle().window_spec.sample_rate, media.probe(path).audio_path)
             names = [n for n in BUNDLE_FEATURES if n.startswith("audio")]
             for n, v in self.bundle().pitch_variants(track, self.t_starts(path), pitch_factors(semitones),
-                                                     names).items():
+                                                     names, bag_stride=BAG_COPY_STRIDE).items():
                 np.save(cached(n), v.astype(np.float32))
         return np.load(cached(name))
 
