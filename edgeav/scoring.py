@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+
 from edgeav.decide import AnomalyDecider, AnomalyParams
 from edgeav.labels import Labels
 
@@ -90,4 +92,40 @@ def alerts_at(windows: Iterable[dict[str, Any]], threshold: float, params: Anoma
         inc = decider.update(float(w["t_start"]), float(w["t_end"]), None if score is None else float(score))
         if inc is not None:
             out.append({"t_start": inc.t_start, "t_end": inc.t_end, "score": inc.score})
+    return out
+
+
+def normal_scores(labels: Labels, windows: list[dict[str, Any]], margin_s: float = 5.0) -> list[float]:
+    """A replay's window scores, in time order, without the windows within ``margin_s`` of a labelled anomaly
+    (nor those without a score): what the site's normal footage scores under the deployed memory."""
+    anomalies = [e for e in labels.events if e.anomaly]
+    return [float(w["anomaly_score"]) for w in windows if w.get("anomaly_score") is not None
+            and not any(w["t_end"] > e.start - margin_s and w["t_start"] < e.end + margin_s for e in anomalies)]
+
+
+def threshold_check(replayed: list[tuple[Labels, list[dict[str, Any]]]], rates: Iterable[float], hop_s: float,
+                    files_per_fold: int) -> dict[str, dict[str, float]]:
+    """The calibration's threshold rule (:func:`edgeav.calibrate.threshold_for_rate`), cross-validated on a
+    replay's own normal window scores: set on ``files_per_fold`` files' normal scores, the false alarms counted
+    on the other files through the decider, every fold in turn. Where this meets the rate and the deployment
+    does not, the rule is sound and the calibration footage scored lower than the days replayed (a memory that
+    had not heard what they hold); where this misses too, the rule is at fault."""
+    from edgeav.calibrate import threshold_for_rate
+
+    n = len(replayed)
+    normal = [normal_scores(labels, recs) for labels, recs in replayed]
+    folds = [range(i, min(i + files_per_fold, n)) for i in range(0, n, files_per_fold)]
+    out = {}
+    for rate in rates:
+        fa = hours = 0.0
+        for fold in folds:
+            scores = np.concatenate([normal[i] for i in fold])
+            if len(scores) == 0:
+                continue
+            thr, _ = threshold_for_rate(scores, rate, hop_s)
+            held = [score_replay(labels, [], alerts_at(recs, thr)) for i, (labels, recs) in enumerate(replayed)
+                    if i not in fold]
+            fa += sum(s["false_alarms"] for s in held)
+            hours += sum(s["hours"] for s in held)
+        out[f"{rate:g}"] = {"false_alarms_per_hour": round(fa / hours, 3) if hours else float("nan")}
     return out

@@ -6,8 +6,10 @@ What a user does on a new box, on footage whose truth is known: ``edgeav synth``
 site (``--site``, seeds 1, 2, ...: other days of the same camera) and a held-out recording of the same
 site with rare anomalies; ``edgeav calibrate`` a copy of the bundle on the normal recordings; ``edgeav
 replay`` the held-out one; then :func:`edgeav.scoring.score_replay` against its labels: anomalies caught,
-false alarms per hour, segment accuracy. The figures in the README come from this command. Footage is
-kept in ``--work`` and reused (same arguments, same bytes).
+false alarms per hour, segment accuracy; then the same replay at other rates (``rate_curve``) and the threshold
+rule cross-validated on the replay's own normal windows (``threshold_check``:
+:func:`edgeav.scoring.threshold_check`). The figures in the README come from this command. Footage is kept in
+``--work`` and reused (same arguments, same bytes).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from edgeav.bundle import load_bundle, resolve_bundle_dir
     from edgeav.labels import load_labels, sidecar_path
-    from edgeav.scoring import alerts_at, combine, score_replay
+    from edgeav.scoring import alerts_at, combine, score_replay, threshold_check
 
     t0 = time.time()
     work = Path(args.work)
@@ -97,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
             c = combine([score_replay(labels, [], alerts_at(recs, thr)) for labels, recs in replayed])
             curve[f"{rate:g}"] = {"caught": c["anomalies_caught"], "false_alarms": c["false_alarms"]}
         result["rate_curve"] = curve
+    # Is the threshold rule itself honest? The same rule, set on as many of the replayed files as the calibration
+    # had and counted on the others: exchangeable footage under one memory, so only the rule's own error is left.
+    per_fold = min(len(replayed) - 1, max(1, round(args.calibrate_minutes / FILE_MINUTES)))
+    if per_fold >= 1:
+        result["threshold_check"] = {"files_per_fold": per_fold, **threshold_check(
+            replayed, RATE_CURVE, deployed.window_spec.hop_s, per_fold)}
     print(json.dumps(result, indent=1))
     print(f"site_eval: {time.time() - t0:.0f} s")
     return 0
