@@ -247,6 +247,21 @@ def test_thinned_bag_copies_still_make_a_normal_sound_at_a_new_pitch_normal():
     assert flagged(shifted, 800.0) == 0.0
 
 
+def test_bag_memory_samples_long_calibrations_as_densely_as_an_hour():
+    """A bag memory chooses among BAG_SAMPLE instances per hour of windows (never fewer): two hours of footage are
+    sampled as densely as one, so a short normal sound heard once is as likely to be kept, and an hour or less is
+    sampled as before; pitch-shifted copies add to the windows' own in proportion to their size."""
+    from edgeav.calibrate import BAG_COPY_STRIDE, BAG_SAMPLE, BAG_SAMPLE_WINDOWS, pool_sample
+
+    def bag(windows: int) -> np.ndarray:
+        return np.zeros((windows, 24, 2), np.float32)
+
+    copies = np.zeros((8, BAG_SAMPLE_WINDOWS, 24 // BAG_COPY_STRIDE, 2), np.float32)
+    assert pool_sample(bag(100), None) == pool_sample(bag(BAG_SAMPLE_WINDOWS), None) == BAG_SAMPLE
+    assert pool_sample(bag(2 * BAG_SAMPLE_WINDOWS), None) == 2 * BAG_SAMPLE
+    assert pool_sample(bag(BAG_SAMPLE_WINDOWS), copies) == 3 * BAG_SAMPLE  # 8 copies of a quarter: twice the own
+
+
 # ---------------------------------------------------------------------------------------------- on synth footage
 #
 # One synthetic site (seed 5): 180 s of training footage and the next 90 s held out, cut from one
