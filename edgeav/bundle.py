@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeav import __version__
-from edgeav.calibrate import thinned_copy
 from edgeav.errors import UserError, read_json_file
 from edgeav.preprocess import WindowSpec, pitch_shifted
 
@@ -412,6 +411,8 @@ class Bundle:
         ``bag_stride``: a bag feature's copy (``[B, P, D]``) keeps every ``bag_stride``-th instance of each window,
         a different one per factor (``[A, B, P // bag_stride, D]``), for a memory that samples its instances anyway
         (:func:`edgeav.calibrate.thinned_copy`)."""
+        from edgeav.calibrate import thinned_copy  # calibrate only: replay's start-up does not import it
+
         ws = self.window_spec
         outs = [o for o in self.outputs_for("audio", names) if feature_name("audio", o) in names]
         starts = np.round(np.asarray(t_starts) * ws.sample_rate).astype(np.int64)
