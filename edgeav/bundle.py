@@ -609,11 +609,22 @@ def embed_footage(bundle: Bundle, items: Iterable[str | Path], require_labels: b
             for name, v in bundle.pitch_variants(track, w.t_starts, pitch_factors, audio_names, batch,
                                                          bag_stride).items():
                 variants.setdefault(name, []).append(v)
+            del track
         for t in w.t_starts:
             t0, t1 = float(t), float(t) + ws.window_s
             labels.append(lab.segment_label(t0, t1) if lab else BACKGROUND)
             anomalous.append(bool(lab and lab.segment_is_anomaly(t0, t1)))
+        del w  # this file's decoded frames and audio go before the next file's are decoded
+    # One feature at a time, each file's pieces freed as they are joined: the pieces and the joined arrays of
+    # every feature never coexist (with pitch-shifted copies they are several times the footage's features).
+    joined = {n: _join([f.pop(n) for f in feats], axis=0) for n in list(feats[0])}
     return EmbeddedFootage(files=files, t_starts=np.concatenate(t_all), file_index=np.concatenate(idx),
-                           features={n: np.concatenate([f[n] for f in feats]) for n in feats[0]},
-                           labels=labels, anomalous=np.array(anomalous, dtype=bool),
-                           variants={name: np.concatenate(v, axis=1) for name, v in variants.items()})
+                           features=joined, labels=labels, anomalous=np.array(anomalous, dtype=bool),
+                           variants={name: _join(variants.pop(name), axis=1) for name in list(variants)})
+
+
+def _join(pieces: list[np.ndarray], axis: int) -> np.ndarray:
+    """``np.concatenate(pieces, axis)``, emptying ``pieces`` (the caller's list) so they can be freed."""
+    out = np.concatenate(pieces, axis=axis)
+    pieces.clear()
+    return out

@@ -11,6 +11,7 @@ from edgeav.calibrate import (
     calibrate,
     greedy_k_center,
     knn_scores,
+    standardisation,
     threshold_for_rate,
 )
 from edgeav.heads import EventHead, fit_event_head
@@ -460,3 +461,62 @@ def test_threshold_counts_alarms_not_windows():
     rate = alarm_onsets(fresh, thr) / (len(fresh) * hop / 3600)
     assert target / 1.5 <= rate <= target * 1.5, rate
     assert ScoreTail.of(cal).extremal_index == extremal_index(cal)
+
+
+def test_standardisation_in_chunks_matches_float64_statistics(monkeypatch):
+    # calibrate standardises hours of features without float64 copies of them: chunked two-pass statistics must
+    # give what numpy gives on a float64 copy, across chunk boundaries, for offset and near-constant dimensions
+    import edgeav.calibrate as cal
+
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((10_001, 6)) * [1.0, 2.0, 3.0, 1e-4, 5.0, 0.5] + [100.0, -3.0, 0, 7.0, 0, 1e3])
+    x = x.astype(np.float32)
+    monkeypatch.setattr(cal, "STANDARDISE_CHUNK", 997)
+    mean, scale = standardisation(x)
+    x64 = x.astype(np.float64)
+    sd = x64.std(axis=0)
+    assert mean.dtype == scale.dtype == np.float32
+    np.testing.assert_allclose(mean, x64.mean(axis=0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(scale, np.maximum(sd, 0.1 * np.median(sd) + 1e-6), rtol=1e-5)
+    assert scale[3] > sd[3] * 10  # the near-constant dimension's scale is floored
+
+
+def test_a_bag_feature_flags_a_window_unusual_throughout_that_its_rare_odd_instances_outrank(tmp_path):
+    """A scream is a little unusual in every patch of its window; rare normal sounds (a horn, a bark) are very
+    unusual in a few patches. The most unusual patch alone ranks the scream below them; the mean over the
+    window's patches (the part's second pool, from the same distances) flags it. Both pools save and load; a
+    memory saved without pools (calibrated before them) scores by the most unusual patch alone."""
+    import dataclasses
+
+    rng = np.random.default_rng(5)
+    n, p, d = 1500, 24, 10
+    centres = rng.standard_normal((6, d)) * 3.0
+
+    def windows(m: int) -> np.ndarray:
+        return centres[rng.integers(0, 6, (m, p))] + 0.3 * rng.standard_normal((m, p, d))
+
+    normal = windows(n)
+    rare = rng.choice(n, 60, replace=False)  # 4% of normal windows hold a few patches far from everything
+    normal[rare, :3] = rng.standard_normal((60, 3, d)) * 4.0
+    mem, _ = calibrate({"audio_patches": normal}, ("audio_patches",), hop_s=0.5, false_alarms_per_hour=5.0, k=3,
+                       memory_size=2000)
+    part = mem.parts[0]
+    assert set(part.pools) == {"mean"}
+    # every patch shifted by 4.5 (the normal clusters' spread is 0.3 per dimension, the rare patches sit ~13
+    # from them): a little unusual each, much less than the rare normal patches
+    throughout = windows(300) + 4.5 * np.ones(d) / np.sqrt(d)
+    fresh = windows(300)
+    flagged = (mem.score({"audio_patches": throughout}) >= mem.threshold).mean()
+    assert flagged >= 0.9
+    assert (mem.score({"audio_patches": fresh}) >= mem.threshold).mean() <= 0.02
+    max_only = dataclasses.replace(part, pools={})
+    assert (max_only.scores(throughout, mem.k) >= mem.threshold).mean() <= 0.1
+    path = tmp_path / "memory.npz"
+    mem.save(path)
+    loaded = AnomalyMemory.load(path)
+    assert loaded.parts[0].pools == part.pools
+    np.testing.assert_allclose(loaded.score({"audio_patches": throughout}), mem.score({"audio_patches": throughout}),
+                               rtol=1e-6)
+    AnomalyMemory(parts=[max_only], k=mem.k, threshold=mem.threshold, normal=mem.normal).save(path)
+    np.testing.assert_allclose(AnomalyMemory.load(path).score({"audio_patches": throughout}),
+                               max_only.scores(throughout, mem.k), rtol=1e-6)
