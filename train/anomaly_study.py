@@ -59,7 +59,11 @@ ROWS = {
     "roughness": ("roughness",),
     "default+roughness": ("audio_patches", "audio_summary", "video_summary", "roughness"),
     "default+mfcc": ("audio_patches", "audio_summary", "video_summary", "mfcc"),
+    "default-max-pool": ("audio_patches", "audio_summary", "video_summary"),
 }
+# Rows that score a bag feature's windows by other pools than calibrate's (edgeav.calibrate.BAG_POOLS): the most
+# unusual instance alone, as calibrate did before the mean pool.
+ROW_BAG_POOLS = {"default-max-pool": ("max",)}
 BUNDLE_FEATURES = ("audio_summary", "video_summary", "audio_patches", "audio_pre", "video_pre")
 
 
@@ -265,8 +269,17 @@ class Site:
         return np.load(f)
 
 
-def run_row(site: Site, names: tuple[str, ...], rate: float, semitones: int = 0) -> dict[str, Any]:
+def run_row(site: Site, names: tuple[str, ...], rate: float, semitones: int = 0,
+            bag_pools: tuple[str, ...] | None = None) -> dict[str, Any]:
+    import edgeav.calibrate
     from edgeav.calibrate import calibrate
+
+    if bag_pools is not None:  # restored below: one row's pools must not leak into the next
+        default_pools, edgeav.calibrate.BAG_POOLS = edgeav.calibrate.BAG_POOLS, bag_pools
+        try:
+            return run_row(site, names, rate, semitones)
+        finally:
+            edgeav.calibrate.BAG_POOLS = default_pools
     from edgeav.labels import load_labels, sidecar_path
     from edgeav.scoring import alerts_at, combine, score_replay
 
@@ -312,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     for row in args.rows:
         t0 = time.time()
-        r = run_row(site, ROWS[row], args.rate, semitones)
+        r = run_row(site, ROWS[row], args.rate, semitones, ROW_BAG_POOLS.get(row))
         kinds = ", ".join(f"{k} {c}/{n}" for k, (c, n) in r["caught_by_kind"].items())
         print(f"{row}: caught {r['anomalies_caught']}/{r['anomalies']}, false alarms {r['false_alarms']} in "
               f"{r['hours']:.1f} h ({kinds}; extremal index {r['extremal_index']}; {time.time() - t0:.0f} s)",
