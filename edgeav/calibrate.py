@@ -292,11 +292,13 @@ class ScorerPart:
         return window_distances((np.asarray(x, dtype=np.float64) - self.mean) / self.scale, self._memory64, k)
 
     def scores(self, x: np.ndarray, k: int) -> np.ndarray:
-        d = self.distances(x, k)
-        out = (pooled(d, "max") - self.centre) / self.spread
-        for pool, (centre, spread) in self.pools.items():
-            out = np.maximum(out, (pooled(d, pool) - centre) / spread)
-        return out.astype(np.float32)
+        return rescaled(self.distances(x, k), {"max": (self.centre, self.spread), **self.pools})
+
+
+def rescaled(d: np.ndarray, rescaling: dict[str, tuple[float, float]]) -> np.ndarray:
+    """Window scores from distances (``[B]``, or a bag's ``[B, P]``): each pool's ``(d - centre) / spread``, the
+    largest taken."""
+    return np.max([(pooled(d, pool) - c) / s for pool, (c, s) in rescaling.items()], axis=0).astype(np.float32)
 
 
 STANDARDISE_CHUNK = 65536  # rows per step: the statistics never hold a float64 copy of the footage's features
@@ -346,14 +348,12 @@ def fit_part(feature: str, x: np.ndarray, k: int, memory_size: int,
     zv = None if variants is None else standardised(variants, mean, scale)
     oof = out_of_fold_scores(z, k, memory_size, variants=zv).astype(np.float64)
     rescaling = {pool: _rescaling(pooled(oof, pool)) for pool in (BAG_POOLS if oof.ndim == 2 else ("max",))}
+    scores = rescaled(oof, rescaling)
     centre, spread = rescaling.pop("max")
     instances = [z] if zv is None else [z, *zv]
     part = ScorerPart(feature=feature, memory=bag_memory(instances, memory_size, pool_sample(z, zv)).astype(np.float32),
                       mean=mean, scale=scale, centre=centre, spread=spread, pools=rescaling)
-    scores = (pooled(oof, "max") - centre) / spread
-    for pool, (c, s) in rescaling.items():
-        scores = np.maximum(scores, (pooled(oof, pool) - c) / s)
-    return part, scores.astype(np.float32)
+    return part, scores
 
 
 def _rescaling(d: np.ndarray) -> tuple[float, float]:
