@@ -119,6 +119,12 @@ class AnomalyParams:
     # 30 s cooldown hid 8 of 101 anomalies behind an earlier alert a few seconds before them, while 5 s cost 1
     # false alarm in 4 h (score flapping within one incident is rare: runs, not windows, are what calibrate counts).
     cooldown_s: float = 5.0
+    # A run within the cooldown that peaks above this many times the incident's peak so far is a new, worse
+    # incident and gets its own alert (a crash two seconds after a glass break), while a run no worse than what
+    # was already reported stays quiet. None: the cooldown silences every run. At the held-out sites this caught
+    # 2 of 101 (5150) and 1 of 56 (6061) more anomalies for no more false alarms, at any factor from 1.5 to 3;
+    # 1.0 (any run higher than before) added false alarms at lower thresholds.
+    escalation: float | None = 1.5
 
 
 @dataclass
@@ -140,22 +146,33 @@ class AnomalyDecider:
         self._run_score = 0.0
         self._fired = False
         self._quiet_until = -np.inf
+        self._incident_peak = 0.0  # the highest score of the incident's runs before the current one
+        self._in_cooldown = False  # the current run started within the cooldown of an alerted run
 
     def update(self, t_start: float, t_end: float, score: float | None) -> Incident | None:
         p = self.params
         if p.threshold is None:
             raise ValueError("AnomalyDecider needs a threshold (the bundle's calibrated one)")
         if score is None or score < p.threshold:
-            if self._run_start is not None and self._fired:
-                self._quiet_until = self._run_last_end + p.cooldown_s
+            if self._run_start is not None:
+                if self._fired:
+                    self._quiet_until = self._run_last_end + p.cooldown_s
+                if self._fired or self._in_cooldown:  # the run belonged to an incident: its peak counts
+                    self._incident_peak = max(self._incident_peak if self._in_cooldown else 0.0, self._run_score)
             self._run_start, self._fired = None, False
             return None
         if self._run_start is None:
             self._run_start, self._run_score = t_start, score
+            self._in_cooldown = t_start < self._quiet_until
         self._run_last_end = t_end
         self._run_score = max(self._run_score, score)
-        if (not self._fired and t_end - self._run_start >= p.min_duration_s - 1e-9
-                and self._run_start >= self._quiet_until):
+        if not self._fired and t_end - self._run_start >= p.min_duration_s - 1e-9 and (
+                not self._in_cooldown or self._escalates()):
             self._fired = True
             return Incident(self._run_start, t_end, self._run_score)
         return None
+
+    def _escalates(self) -> bool:
+        """Whether the current run, started within the cooldown, is worse enough than its incident so far."""
+        e = self.params.escalation
+        return e is not None and self._incident_peak > 0 and self._run_score > e * self._incident_peak

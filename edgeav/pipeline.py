@@ -106,7 +106,7 @@ def decision_params(config: Any | None) -> tuple[EventParams, AnomalyParams]:
     events = EventParams(start_threshold=ev.start_threshold, end_threshold=ev.end_threshold,
                          start_windows=ev.start_windows, end_windows=ev.end_windows)
     return events, AnomalyParams(false_alarms_per_hour=an.false_alarms_per_hour, min_duration_s=an.min_duration_s,
-                                 cooldown_s=an.cooldown_s)
+                                 cooldown_s=an.cooldown_s, escalation=an.escalation)
 
 
 def frame_converter(spec: WindowSpec, stats: PipelineStats | None = None) -> Callable[[Any], np.ndarray]:

@@ -11,6 +11,7 @@ comes from one definition:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -84,8 +85,7 @@ def alerts_at(windows: Iterable[dict[str, Any]], threshold: float, params: Anoma
     time order, through the same decider (minimum duration, cooldown). How one replay gives a whole rate
     curve: the memory's ``threshold_for(rate)`` per rate, then this."""
     p = params or AnomalyParams()
-    decider = AnomalyDecider(AnomalyParams(threshold=threshold, min_duration_s=p.min_duration_s,
-                                           cooldown_s=p.cooldown_s))
+    decider = AnomalyDecider(replace(p, threshold=threshold))
     out = []
     for w in windows:
         score = w.get("anomaly_score")

@@ -31,6 +31,7 @@ MALFORMED = [
     ("wrong-type", 'mqtt: {port: "1883"}', ["mqtt.port", '"1883"', "whole number"]),
     ("wrong-type-bool", "mqtt: {discovery: 1}", ["mqtt.discovery", "1", "true or false"]),
     ("negative-duration", "anomaly: {cooldown_s: -5}", ["anomaly.cooldown_s", "-5", "must not be negative"]),
+    ("escalation-below-1", "anomaly: {escalation: 0.5}", ["anomaly.escalation", "0.5"]),
     ("camera-without-video", "cameras: [{name: gate, audio: {source: none}}]",
      ["cameras[0].video", "missing", "required"]),
     ("camera-with-empty-video", "cameras: [{name: gate, video: {}}]",
@@ -128,6 +129,7 @@ def test_effective_config_masks_secrets_fills_defaults_and_round_trips(tmp_path:
     # defaults, including derived ones, are filled in
     assert effective["events"] == {"start_threshold": 0.6, "end_threshold": 0.4, "start_windows": 1, "end_windows": 2}
     assert effective["anomaly"]["cooldown_s"] == 5
+    assert effective["anomaly"]["escalation"] == 1.5
     assert effective["mqtt"]["port"] == 8883  # tls set and no port: the TLS port
     assert effective["mqtt"]["keepalive"] == 60 and effective["mqtt"]["qos"] == 1
     assert effective["mqtt"]["client_id"] == "edgeav-box1"

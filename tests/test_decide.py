@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import jsonschema
 import numpy as np
 
@@ -72,6 +74,21 @@ def test_one_incident_one_alert_and_cooldown() -> None:
     assert len(alerts) == 2
     assert (alerts[0].t_start, alerts[0].t_end, alerts[0].score) == (0.5, 2.0, 1.5)
     assert alerts[1].t_start == 10.5
+
+
+def test_a_worse_run_within_the_cooldown_gets_its_own_alert_and_a_no_worse_one_stays_quiet() -> None:
+    # A glass break, then (within the cooldown) a run no worse than 1.5x it, then a crash well above both.
+    scores = [0.2, 2.0, 2.0, 0.2,   # incident: alert at 0.5 s, peak 2.0
+              2.5, 2.5, 0.2,        # within the cooldown, 2.5 <= 1.5 x 2.0: the same incident, its peak now 2.5
+              4.0, 4.0, 0.2,        # within the cooldown, 4.0 > 1.5 x 2.5: a worse incident, its own alert
+              5.0, 5.0, 0.2]        # within that one's cooldown, 5.0 <= 1.5 x 4.0: quiet
+    p = AnomalyParams(threshold=1.0, min_duration_s=1.0, cooldown_s=5.0)
+    alerts = _alerts(scores, p)
+    assert [(a.t_start, a.score) for a in alerts] == [(0.5, 2.0), (3.5, 4.0)]
+    assert len(_alerts(scores, replace(p, escalation=None))) == 1, "without escalation the cooldown silences all"
+    assert len(_alerts(scores, replace(p, escalation=3.0))) == 1
+    # After the cooldown has passed, a run is a new incident whatever its level.
+    assert len(_alerts([2.0, 2.0, 0.2, *[0.2] * 12, 1.2, 1.2], p)) == 2
 
 
 def test_short_blip_gives_no_alert_and_missing_scores_break_a_run() -> None:
