@@ -328,7 +328,7 @@ class AnomalyConfig(_Section):
     # None: the rate the bundle was calibrated for (`edgeav calibrate --false-alarms-per-hour`)
     false_alarms_per_hour: float | None = Field(default=None, gt=0.0, le=3600.0)
     min_duration_s: float = Field(default=1.0, ge=0.0)
-    cooldown_s: float = Field(default=5.0, ge=0.0)  # see edgeav.decide.AnomalyParams
+    cooldown_s: float = Field(default=3.0, ge=0.0)  # see edgeav.decide.AnomalyParams
     # A run within the cooldown peaking above this many times the incident's peak gets its own alert; null: never
     escalation: float | None = Field(default=1.5, ge=1.0, le=1000.0)
 

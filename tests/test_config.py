@@ -128,7 +128,7 @@ def test_effective_config_masks_secrets_fills_defaults_and_round_trips(tmp_path:
     assert effective["cameras"][0]["video"]["url"].startswith("rtsp://***@10.0.0.5/stream1?channel=1&password=")
     # defaults, including derived ones, are filled in
     assert effective["events"] == {"start_threshold": 0.6, "end_threshold": 0.4, "start_windows": 1, "end_windows": 2}
-    assert effective["anomaly"]["cooldown_s"] == 5
+    assert effective["anomaly"]["cooldown_s"] == 3
     assert effective["anomaly"]["escalation"] == 1.5
     assert effective["mqtt"]["port"] == 8883  # tls set and no port: the TLS port
     assert effective["mqtt"]["keepalive"] == 60 and effective["mqtt"]["qos"] == 1

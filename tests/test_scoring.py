@@ -37,7 +37,7 @@ def test_alerts_at_another_threshold_go_through_the_runtime_decider() -> None:
     high = alerts_at(windows, 1.8)
     assert [(a["t_start"], a["score"]) for a in high] == [(0.5, 2.0)]  # the run at 2.5 s: inside the cooldown
     low = alerts_at(windows, 1.0)
-    assert [a["t_start"] for a in low] == [0.5, 34.0]  # 34 s: the cooldown (5 s after 2.0 s) is over
+    assert [a["t_start"] for a in low] == [0.5, 34.0]  # 34 s: the cooldown (3 s after 2.0 s) is over
     later = alerts_at(windows, 1.0, AnomalyParams(cooldown_s=40.0))  # a longer one hides the run at 34 s
     assert [a["t_start"] for a in later] == [0.5]
     assert alerts_at(windows, 10.0) == []
