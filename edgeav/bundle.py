@@ -347,6 +347,11 @@ class Bundle:
     def bundle_id(self) -> str:
         return str(self.manifest["bundle_id"])
 
+    def close(self) -> None:
+        """Drop the ONNX sessions and the memory their arenas hold (a few hundred MB after embedding an hour of
+        footage): for a caller that has its features and needs only the manifest from here on."""
+        self.audio_session = self.video_session = None
+
     @property
     def joint_size(self) -> int:
         return 2 * self.embedding_size
@@ -604,17 +609,18 @@ def embed_footage(bundle: Bundle, items: Iterable[str | Path], require_labels: b
         t_all.append(w.t_starts)
         idx.append(np.full(len(w), i, dtype=np.int64))
         feats.append(bundle.features(w.audio, w.frames, batch=batch))
+        t_starts = w.t_starts
+        del w  # this file's decoded frames and audio go before its pitch-shifted copies and the next file's
         if pitch_factors and audio_names:
             track = media.decode_audio(f, ws.sample_rate, info.audio_path)
-            for name, v in bundle.pitch_variants(track, w.t_starts, pitch_factors, audio_names, batch,
+            for name, v in bundle.pitch_variants(track, t_starts, pitch_factors, audio_names, batch,
                                                          bag_stride).items():
                 variants.setdefault(name, []).append(v)
             del track
-        for t in w.t_starts:
+        for t in t_starts:
             t0, t1 = float(t), float(t) + ws.window_s
             labels.append(lab.segment_label(t0, t1) if lab else BACKGROUND)
             anomalous.append(bool(lab and lab.segment_is_anomaly(t0, t1)))
-        del w  # this file's decoded frames and audio go before the next file's are decoded
     # One feature at a time, each file's pieces freed as they are joined: the pieces and the joined arrays of
     # every feature never coexist (with pitch-shifted copies they are several times the footage's features).
     joined = {n: _join([f.pop(n) for f in feats], axis=0) for n in list(feats[0])}

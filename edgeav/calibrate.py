@@ -654,6 +654,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         names = next((d for d in (DEFAULT_FEATURES, PREVIOUS_DEFAULT_FEATURES) if all(f in emb.features for f in d)),
                      ("joint",))
+    bundle.close()  # the footage is embedded: the sessions' arenas need not sit beside the memory being built
     mem, metrics = calibrate(normal, names, hop, args.false_alarms_per_hour, k=args.k, memory_size=args.memory_size,
                              variants=variants)
     metrics["windows_marked_anomalous_left_out"] = dropped
