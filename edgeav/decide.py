@@ -139,7 +139,8 @@ class Incident:
 
 
 class AnomalyDecider:
-    """Threshold, minimum duration and cooldown, so that one incident gives one alert."""
+    """Threshold, minimum duration and cooldown, so that one incident gives one alert (and a worse incident within
+    the cooldown its own: ``AnomalyParams.escalation``)."""
 
     def __init__(self, params: AnomalyParams) -> None:
         self.params = params
