@@ -1,6 +1,7 @@
 """Deploy a bundle at a new synthetic site and measure what replay reports, end to end.
 
     python -m edgeav.site_eval [--models BUNDLE] [--site 4242] [--calibrate-minutes 20] [--test-minutes 60]
+        [--test-seed 1001]
 
 What a user does on a new box, on footage whose truth is known: ``edgeav synth`` normal recordings of one
 site (``--site``, seeds 1, 2, ...: other days of the same camera) and a held-out recording of the same
@@ -55,8 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--features", default=None, help="calibrate --features (default: calibrate's)")
     ap.add_argument("--pitch-semitones", type=int, default=None,
                     help="calibrate --pitch-semitones (default: calibrate's)")
+    ap.add_argument("--test-seed", type=int, default=1001,
+                    help="seed of the first test recording (default 1001). Seeds set the day's events and --site "
+                         "the place, so every site's default test hours hold the same anomaly schedule: another "
+                         "seed gives another schedule")
     ap.add_argument("--work", default="/tmp/edgeav-site-eval")
     args = ap.parse_args(argv)
+    if args.test_seed < 1:
+        ap.error(f"--test-seed {args.test_seed}: must be a positive seed")
 
     from edgeav.bundle import load_bundle, resolve_bundle_dir
     from edgeav.labels import load_labels, sidecar_path
@@ -66,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     normal = _recordings(work, "normal", args.calibrate_minutes, "street", args.site, 1)
-    test = _recordings(work, "test", args.test_minutes, "street-anomalies", args.site, 1001)
+    test = _recordings(work, "test", args.test_minutes, "street-anomalies", args.site, args.test_seed)
     bundle = work / "bundle"
     if bundle.exists():
         shutil.rmtree(bundle)
