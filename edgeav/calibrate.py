@@ -330,15 +330,16 @@ def standardised(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarr
     return z
 
 
-def fit_part(feature: str, x: np.ndarray, k: int, memory_size: int,
-             variants: np.ndarray | None = None) -> tuple[ScorerPart, np.ndarray]:
+def fit_part(feature: str, x: np.ndarray, k: int, memory_size: int, variants: np.ndarray | None = None,
+             pools: tuple[str, ...] = BAG_POOLS) -> tuple[ScorerPart, np.ndarray]:
     """A part from normal windows ``x`` (``[B, D]``, or bags ``[B, P, D]``) in time order, and its out-of-fold
     (honest) normal scores.
 
     ``variants``: ``[A, B, ...]``, A altered copies of each normal window (the audio pitch-shifted: see
     :func:`edgeav.preprocess.pitch_shifted`) that the memory also holds, so that a normal sound at a pitch the
     calibration footage did not happen to hold is not unusual. The standardisation and the rescaling come from the
-    windows themselves; the copies are never scored.
+    windows themselves; the copies are never scored. ``pools``: how a bag's instance distances make its window
+    scores (:data:`BAG_POOLS`; "max" among them).
     """
     # float32 throughout (the features and their copies are the bulk of calibrate's memory: several times the
     # footage's size); distances are taken in float64 a chunk at a time.
@@ -347,7 +348,7 @@ def fit_part(feature: str, x: np.ndarray, k: int, memory_size: int,
     z = standardised(x, mean, scale)
     zv = None if variants is None else standardised(variants, mean, scale)
     oof = out_of_fold_scores(z, k, memory_size, variants=zv).astype(np.float64)
-    rescaling = {pool: _rescaling(pooled(oof, pool)) for pool in (BAG_POOLS if oof.ndim == 2 else ("max",))}
+    rescaling = {pool: _rescaling(pooled(oof, pool)) for pool in (pools if oof.ndim == 2 else ("max",))}
     scores = rescaled(oof, rescaling)
     centre, spread = rescaling.pop("max")
     instances = [z] if zv is None else [z, *zv]
@@ -516,8 +517,8 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
 
 
 def calibrate(features: dict[str, np.ndarray], names: tuple[str, ...], hop_s: float, false_alarms_per_hour: float,
-              k: int = 3, memory_size: int = 2000, variants: dict[str, np.ndarray] | None = None
-              ) -> tuple[AnomalyMemory, dict[str, Any]]:
+              k: int = 3, memory_size: int = 2000, variants: dict[str, np.ndarray] | None = None,
+              bag_pools: tuple[str, ...] = BAG_POOLS) -> tuple[AnomalyMemory, dict[str, Any]]:
     """Build the memory and threshold from normal windows' ``features`` (by name, time order) on ``names``;
     ``variants``: by name, altered copies of the same windows for the memory (see :func:`fit_part`)."""
     n = len(features[names[0]])
@@ -525,8 +526,8 @@ def calibrate(features: dict[str, np.ndarray], names: tuple[str, ...], hop_s: fl
         raise UserError(f"calibrate: only {n} normal windows; need at least {4 * (k + 1)} "
                         "(give more normal footage)")
     variants = variants or {}
-    parts, oofs = zip(*(fit_part(name, features[name], k, memory_size, variants.get(name)) for name in names),
-                      strict=True)
+    parts, oofs = zip(*(fit_part(name, features[name], k, memory_size, variants.get(name), bag_pools)
+                        for name in names), strict=True)
     oof = np.max(np.stack(oofs), axis=0)
     normal = ScoreTail.of(oof)
     threshold, method = threshold_for_rate(normal, false_alarms_per_hour, hop_s)

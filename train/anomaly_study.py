@@ -271,15 +271,7 @@ class Site:
 
 def run_row(site: Site, names: tuple[str, ...], rate: float, semitones: int = 0,
             bag_pools: tuple[str, ...] | None = None) -> dict[str, Any]:
-    import edgeav.calibrate
-    from edgeav.calibrate import calibrate
-
-    if bag_pools is not None:  # restored below: one row's pools must not leak into the next
-        default_pools, edgeav.calibrate.BAG_POOLS = edgeav.calibrate.BAG_POOLS, bag_pools
-        try:
-            return run_row(site, names, rate, semitones)
-        finally:
-            edgeav.calibrate.BAG_POOLS = default_pools
+    from edgeav.calibrate import BAG_POOLS, calibrate
     from edgeav.labels import load_labels, sidecar_path
     from edgeav.scoring import alerts_at, combine, score_replay
 
@@ -290,7 +282,7 @@ def run_row(site: Site, names: tuple[str, ...], rate: float, semitones: int = 0,
     normal = {n: np.concatenate([site.feature(n, p) for p in site.normal]) for n in names}
     shifted = [n for n in names if n.startswith("audio") and n in BUNDLE_FEATURES] if semitones else []
     variants = {n: np.concatenate([site.variants(n, p, semitones) for p in site.normal], axis=1) for n in shifted}
-    mem, metrics = calibrate(normal, names, 0.5, rate, variants=variants)
+    mem, metrics = calibrate(normal, names, 0.5, rate, variants=variants, bag_pools=bag_pools or BAG_POOLS)
     scores = []
     for path in site.test:
         s = mem.score({n: site.feature(n, path) for n in names})
