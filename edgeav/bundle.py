@@ -37,6 +37,7 @@ import numpy as np
 
 from edgeav import __version__
 from edgeav.errors import UserError, read_json_file
+from edgeav.motion import SPEED_FEATURE, SpeedHold, band_speeds, speed_bands
 from edgeav.preprocess import WindowSpec, pitch_shifted
 
 if TYPE_CHECKING:  # imported lazily at run time: the heads need numpy only, but keep import cost low
@@ -98,6 +99,9 @@ def av_disagreement(audio_emb: np.ndarray, video_emb: np.ndarray) -> np.ndarray:
 
 # Window features computed from the two embeddings rather than read from a model output.
 DERIVED_FEATURES = {"joint": joint_embedding, "av_disagreement": av_disagreement}
+# Window features measured on the frames themselves (edgeav.motion), every bundle's whatever its models: the
+# speed of what moves per row band, held over consecutive windows of a stream.
+FRAME_FEATURES = (SPEED_FEATURE,)
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
@@ -361,13 +365,14 @@ class Bundle:
         """Every window feature this bundle's models give (see :func:`feature_name`), and the derived ones."""
         names = [feature_name(m, o) for m in MODALITIES for o in MODEL_OUTPUTS
                  if o in self._outputs(m)]
-        return (*names, *DERIVED_FEATURES)
+        return (*names, *DERIVED_FEATURES, *FRAME_FEATURES)
 
     @property
     def feature_dims(self) -> dict[str, int]:
         """The width of every feature the bundle gives (from the models' output shapes; a patch's width for
         the bag features)."""
-        dims = {"joint": self.joint_size, "av_disagreement": 1}
+        dims = {"joint": self.joint_size, "av_disagreement": 1,
+                SPEED_FEATURE: speed_bands(self.window_spec.frame_height)}
         for m in MODALITIES:
             for o in self._session(m).get_outputs():
                 if o.name in MODEL_OUTPUTS and len(o.shape) in (2, 3) and isinstance(o.shape[-1], int):
@@ -442,8 +447,11 @@ class Bundle:
         return self.features(audio, frames, ("joint",), batch=batch)["joint"]
 
     def features(self, audio: np.ndarray, frames: np.ndarray, names: Sequence[str] | None = None,
-                 batch: int = 64) -> dict[str, np.ndarray]:
-        """Named window features (default: every one available) of windows that have both modalities."""
+                 batch: int = 64, t_starts: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Named window features (default: every one available) of windows that have both modalities.
+
+        ``video_speed`` is held over consecutive windows (:class:`edgeav.motion.SpeedHold`): give one stream's
+        windows in time order, with their ``t_starts`` (default: one after the other on the hop grid)."""
         want = tuple(self.features_available if names is None else names)
         unknown = [n for n in want if n not in self.features_available]
         if unknown:
@@ -456,10 +464,20 @@ class Bundle:
                 outs = self.outputs_for(m, want)
                 got.update(zip((feature_name(m, o) for o in outs), self.run(m, x[i:i + batch], outs), strict=True))
             for n in want:
-                parts[n].append(DERIVED_FEATURES[n](got["audio"], got["video"]) if n in DERIVED_FEATURES else got[n])
+                if n in FRAME_FEATURES:
+                    parts[n].append(band_speeds(frames[i:i + batch]))
+                else:
+                    parts[n].append(DERIVED_FEATURES[n](got["audio"], got["video"]) if n in DERIVED_FEATURES
+                                    else got[n])
         if not len(audio):
             return {n: np.zeros((0, self.feature_dims.get(n, 0)), np.float32) for n in want}
-        return {n: np.concatenate(v).astype(np.float32, copy=False) for n, v in parts.items()}
+        out = {n: np.concatenate(v).astype(np.float32, copy=False) for n, v in parts.items()}
+        for n in FRAME_FEATURES:
+            if n in out:
+                hop = self.window_spec.hop_s
+                t = np.arange(len(out[n])) * hop if t_starts is None else t_starts
+                out[n] = SpeedHold(hop).apply(t, out[n])
+        return out
 
 
 def _check_session_shapes(bundle_dir: Path, name: str, session: Any, input_name: str, want: tuple[int, ...],
@@ -608,7 +626,7 @@ def embed_footage(bundle: Bundle, items: Iterable[str | Path], require_labels: b
         w = media.footage_windows(f, ws, info=info)
         t_all.append(w.t_starts)
         idx.append(np.full(len(w), i, dtype=np.int64))
-        feats.append(bundle.features(w.audio, w.frames, batch=batch))
+        feats.append(bundle.features(w.audio, w.frames, batch=batch, t_starts=w.t_starts))
         t_starts = w.t_starts
         del w  # this file's decoded frames and audio go before its pitch-shifted copies and the next file's
         if pitch_factors and audio_names:

@@ -4,7 +4,9 @@ Score: the mean Euclidean distance from a window's features to its ``k`` nearest
 memory of normal windows (design.md section 3: kNN distance to the site's normal embeddings), per
 feature (a part: the embeddings, the pre-projection features, or the summaries of what the models'
 front ends saw), each part rescaled by its own normal scores, and the largest part taken
-(:class:`ScorerPart`). Which features: measured (README, "Anomaly features"; ``--features auto``).
+(:class:`ScorerPart`). Which features: measured (README, "Anomaly features"; ``--features auto``). The
+measured speeds of :mod:`edgeav.motion` are scored against each band's normal ceiling instead (kind
+"ceiling", :data:`CEILING_FEATURES`).
 
 Memory: bounded by a greedy k-center coreset (each new point is the one farthest from those already
 kept), so a few hours of footage fit in a few MB and the rare-but-normal moments survive the
@@ -26,6 +28,7 @@ percentile is fitted with an exponential (peaks over threshold) and extrapolated
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,9 +44,9 @@ MEMORY_FORMAT = "edgeav.anomaly_memory/2"
 LEGACY_FORMAT = "edgeav.anomaly_memory/1"  # one joint/audio/video embedding memory, raw distances
 # The features a part may use: see edgeav.bundle.feature_name (embeddings, pre-projection, front-end summary).
 FEATURES = ("joint", "audio", "video", "audio_pre", "video_pre", "audio_summary", "video_summary", "audio_patches",
-            "av_disagreement")
+            "av_disagreement", "video_speed")
 # Measured best at a held-out synth site (README, "Anomaly features"); used when the bundle gives them all.
-DEFAULT_FEATURES = ("audio_patches", "audio_summary", "video_summary")
+DEFAULT_FEATURES = ("audio_patches", "audio_summary", "video_summary", "video_speed")
 PREVIOUS_DEFAULT_FEATURES = ("audio_summary", "video_summary")  # for bundles exported before audio_patches
 # Bag features (``[B, P, D]``: a window is a bag of P instances, e.g. audio_patches): the memory is a coreset of
 # at most BAG_MEMORY instances, chosen among evenly spaced ones: BAG_SAMPLE for every BAG_SAMPLE_WINDOWS windows
@@ -56,6 +59,20 @@ BAG_MEMORY = 1000
 BAG_SAMPLE = 20000
 BAG_SAMPLE_WINDOWS = 7200
 SPREAD_QUANTILE = 0.99  # a part's normal scores are rescaled so that median -> 0 and this quantile -> 1
+# Features scored against a per-dimension ceiling instead of by kNN distance (ScorerPart kind "ceiling"): the
+# speeds of edgeav.motion, where what matters is how far a band's speed goes beyond the fastest normal one there,
+# not which combination of bands moves (vehicles give endless new combinations on the road bands: a kNN part on
+# the speeds caught 5 of 24 runners at site 5150 where the ceiling catches 13 at the same false alarms).
+CEILING_FEATURES = ("video_speed",)
+# The ceiling is the normal windows' value this fraction from the top, per dimension: a rare fast normal thing
+# seen once (a light bar blinking across two lamps) does not set it.
+CEILING_TOP = 1.0 / 2000
+CEILING_SPREAD_FLOOR = 1.0  # px per frame gap: the rescaled unit of a site whose normal speeds never vary
+# A ceiling part's scores follow another law than the kNN parts' (zero most of the time, then pixels), so one
+# threshold on the largest part cannot share the false-alarm rate between them from an hour's scores: the ceiling
+# part is scaled so that its own threshold for this share of the target rate meets the kNN parts' threshold (site
+# 5150: 71 of 101 caught for 4 false alarms in 4 h with 0.5, 72 for 5 with 1.0, against 63 for 4 without it).
+CEILING_RATE_SHARE = 0.5
 # The normal memory also holds every normal window's audio pitch-shifted by 1 to this many semitones up and down
 # (`edgeav calibrate --pitch-semitones`): a street's sirens, horns and engines come at pitches an hour of footage
 # has not all heard. At the held-out site 5150 (README, "Anomalies at a new site") +-4 caught 53 of 101 against 46
@@ -275,7 +292,7 @@ class ScorerPart:
     """
 
     feature: str
-    memory: np.ndarray  # [M, d] float32, standardised
+    memory: np.ndarray  # [M, d] float32, standardised; kind "ceiling": [1, d], the per-dimension ceiling
     mean: np.ndarray  # [d]
     scale: np.ndarray  # [d]
     centre: float  # of the rows' distances, or of a bag's largest instance distance ("max" pool)
@@ -283,13 +300,19 @@ class ScorerPart:
     # A bag's other pools (BAG_POOLS after "max") by name: (centre, spread) of their normal distances. Empty for
     # rows and for memories calibrated before the mean pool (their scores are unchanged).
     pools: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # "knn", or "ceiling" (CEILING_FEATURES): the distance is how far the window's largest excess over the
+    # memory's one row of per-dimension ceilings goes (negative below them all)
+    kind: str = "knn"
 
     def __post_init__(self) -> None:
         self._memory64 = np.asarray(self.memory, dtype=np.float64)  # converted once, not per window
 
     def distances(self, x: np.ndarray, k: int) -> np.ndarray:
         """Rows ``[B, D]`` -> ``[B]``, or bags ``[B, P, D]`` -> per instance ``[B, P]``."""
-        return window_distances((np.asarray(x, dtype=np.float64) - self.mean) / self.scale, self._memory64, k)
+        z = (np.asarray(x, dtype=np.float64) - self.mean) / self.scale
+        if self.kind == "ceiling":
+            return (z - self._memory64[0]).max(axis=1)
+        return window_distances(z, self._memory64, k)
 
     def scores(self, x: np.ndarray, k: int) -> np.ndarray:
         return rescaled(self.distances(x, k), {"max": (self.centre, self.spread), **self.pools})
@@ -343,6 +366,8 @@ def fit_part(feature: str, x: np.ndarray, k: int, memory_size: int, variants: np
     """
     # float32 throughout (the features and their copies are the bulk of calibrate's memory: several times the
     # footage's size); distances are taken in float64 a chunk at a time.
+    if feature in CEILING_FEATURES:
+        return fit_ceiling_part(feature, x)
     x = np.asarray(x)
     mean, scale = standardisation(x.reshape(-1, x.shape[-1]))
     z = standardised(x, mean, scale)
@@ -357,10 +382,48 @@ def fit_part(feature: str, x: np.ndarray, k: int, memory_size: int, variants: np
     return part, scores
 
 
-def _rescaling(d: np.ndarray) -> tuple[float, float]:
+def _rescaling(d: np.ndarray, floor: float = 1e-9) -> tuple[float, float]:
     """(centre, spread) that map normal distances' median to 0 and their SPREAD_QUANTILE to 1."""
     centre = float(np.median(d))
-    return centre, max(float(np.quantile(d, SPREAD_QUANTILE)) - centre, 1e-9)
+    return centre, max(float(np.quantile(d, SPREAD_QUANTILE)) - centre, floor)
+
+
+def ceiling(x: np.ndarray) -> np.ndarray:
+    """Per dimension of rows ``x`` ``[N, d]``: the value :data:`CEILING_TOP` of them from the top."""
+    return np.sort(np.asarray(x, dtype=np.float64), axis=0)[-max(1, int(len(x) * CEILING_TOP))]
+
+
+def fit_ceiling_part(feature: str, x: np.ndarray, folds: int = 5) -> tuple[ScorerPart, np.ndarray]:
+    """A "ceiling" part (:data:`CEILING_FEATURES`) from normal rows ``x`` ``[B, d]`` in time order, and its
+    out-of-fold normal scores: each contiguous fold against the ceiling of the others, as the kNN parts'."""
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    edges = np.linspace(0, n, max(2, min(folds, n // 2)) + 1).astype(int)
+    oof = np.concatenate([(x[lo:hi] - ceiling(np.concatenate([x[:lo], x[hi:]]))).max(axis=1)
+                          for lo, hi in itertools.pairwise(edges)])
+    centre, spread = _rescaling(oof, CEILING_SPREAD_FLOOR)
+    d = x.shape[1]
+    part = ScorerPart(feature=feature, memory=ceiling(x)[None].astype(np.float32), mean=np.zeros(d, np.float32),
+                      scale=np.ones(d, np.float32), centre=centre, spread=spread, kind="ceiling")
+    return part, (oof - centre) / spread
+
+
+def match_ceiling_parts(parts: list[ScorerPart], oofs: list[np.ndarray], false_alarms_per_hour: float,
+                        hop_s: float) -> None:
+    """Scale each ceiling part (in place, with its normal scores) so that its own threshold for
+    :data:`CEILING_RATE_SHARE` of the target rate meets the kNN parts' threshold (see that constant)."""
+    knn = [o for p, o in zip(parts, oofs, strict=True) if p.kind == "knn"]
+    if not knn or len(knn) == len(parts):
+        return
+    target, _ = threshold_for_rate(np.max(np.stack(knn), axis=0), false_alarms_per_hour, hop_s)
+    for i, p in enumerate(parts):
+        if p.kind != "ceiling":
+            continue
+        own, _ = threshold_for_rate(oofs[i], false_alarms_per_hour * CEILING_RATE_SHARE, hop_s)
+        if own > 0 and target > 0:
+            gain = target / own
+            p.spread /= gain
+            oofs[i] = oofs[i] * gain
 
 
 @dataclass
@@ -418,6 +481,8 @@ class AnomalyMemory:
         for i, p in enumerate(self.parts):
             arrays.update({f"memory_{i}": p.memory.astype(np.float32), f"mean_{i}": p.mean, f"scale_{i}": p.scale,
                            f"centre_{i}": np.array(p.centre), f"spread_{i}": np.array(p.spread)})
+            if p.kind != "knn":  # absent: a kNN part (every part before the ceiling kind)
+                arrays[f"kind_{i}"] = np.array(p.kind)
             if p.pools:  # absent in memories from before the mean pool: those load with "max" alone
                 arrays[f"pools_{i}"] = np.array(list(p.pools))
                 arrays[f"pool_rescaling_{i}"] = np.array(list(p.pools.values()), dtype=np.float64)
@@ -452,11 +517,14 @@ class AnomalyMemory:
         else:
             parts = [ScorerPart(f, data[f"memory_{i}"].astype(np.float32), data[f"mean_{i}"].astype(np.float32),
                                 data[f"scale_{i}"].astype(np.float32), float(data[f"centre_{i}"]),
-                                float(data[f"spread_{i}"]), _load_pools(p, f, data, i)) for i, f in enumerate(names)]
+                                float(data[f"spread_{i}"]), _load_pools(p, f, data, i),
+                                str(data.get(f"kind_{i}", "knn"))) for i, f in enumerate(names)]
         for part in parts:
             m = part.memory
             if m.ndim != 2 or len(m) == 0 or part.mean.shape != (m.shape[1],) or part.scale.shape != (m.shape[1],) \
-                    or not (part.scale > 0).all() or not part.spread > 0:
+                    or not (part.scale > 0).all() or not part.spread > 0 \
+                    or part.kind != ("ceiling" if part.feature in CEILING_FEATURES else "knn") \
+                    or (part.kind == "ceiling" and len(m) != 1):
                 raise UserError(f"{p}: anomaly memory part {part.feature!r} is empty or malformed")
         normal = None
         if "tail" in data and "tail_count" in data and "tail_min" in data:
@@ -526,12 +594,13 @@ def calibrate(features: dict[str, np.ndarray], names: tuple[str, ...], hop_s: fl
         raise UserError(f"calibrate: only {n} normal windows; need at least {4 * (k + 1)} "
                         "(give more normal footage)")
     variants = variants or {}
-    parts, oofs = zip(*(fit_part(name, features[name], k, memory_size, variants.get(name), bag_pools)
-                        for name in names), strict=True)
+    fitted = [fit_part(name, features[name], k, memory_size, variants.get(name), bag_pools) for name in names]
+    parts, oofs = [p for p, _ in fitted], [o for _, o in fitted]
+    match_ceiling_parts(parts, oofs, false_alarms_per_hour, hop_s)
     oof = np.max(np.stack(oofs), axis=0)
     normal = ScoreTail.of(oof)
     threshold, method = threshold_for_rate(normal, false_alarms_per_hour, hop_s)
-    mem = AnomalyMemory(parts=list(parts), k=k, threshold=threshold, normal=normal)
+    mem = AnomalyMemory(parts=parts, k=k, threshold=threshold, normal=normal)
     hours = n * hop_s / 3600.0
     onsets = alarm_onsets(oof, threshold)
     metrics = {
@@ -669,7 +738,8 @@ def run(args: argparse.Namespace) -> int:
                     metrics["normal_hours"] * 60, args.false_alarms_per_hour, need_min)
     written = replace_part(d, bundle.manifest, "anomaly", mem.save, file_field="memory", section={
         "score": "largest over features of the mean distance to the k nearest normal windows (standardised "
-                 "features), each rescaled by its normal scores: median 0, 99th percentile 1",
+                 "features), each rescaled by its normal scores: median 0, 99th percentile 1; video_speed: the "
+                 "largest excess over its normal ceiling, scaled to meet the others' threshold",
         "k": mem.k,
         "threshold": mem.threshold,
         "false_alarms_per_hour": args.false_alarms_per_hour,

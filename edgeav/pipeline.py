@@ -32,6 +32,7 @@ from edgeav.bundle import (
 from edgeav.decide import AnomalyDecider, AnomalyParams, EventLocalizer, EventParams
 from edgeav.index import IndexWriter
 from edgeav.labels import BACKGROUND
+from edgeav.motion import SPEED_FEATURE, SpeedHold, band_speeds
 from edgeav.preprocess import FrameResizer, WindowSpec
 from edgeav.records import RecordBuilder
 from edgeav.windows import AUDIO, VIDEO, Window, WindowAssembler
@@ -149,6 +150,7 @@ class CameraPipeline:
         self.localizer = EventLocalizer(self.class_names, params) if head is not None else None
         self.decider = None
         self._anomaly_features = bundle.anomaly.features if bundle.anomaly is not None else ()
+        self._speed_hold = SpeedHold(bundle.window_spec.hop_s)
         if bundle.anomaly is not None:
             base = anomaly or AnomalyParams()
             threshold = base.threshold
@@ -203,14 +205,18 @@ class CameraPipeline:
             inputs = [w.audio if m == AUDIO else w.frames for w in windows]
             idx = [i for i, x in enumerate(inputs) if x is not None]
             outputs = self.bundle.outputs_for(m, self._anomaly_features)
-            got = self.bundle.run(m, np.stack([inputs[i] for i in idx]), outputs) if idx else None
-            for j, o in enumerate(outputs):
+            x = np.stack([inputs[i] for i in idx]) if idx else None
+            got = self.bundle.run(m, x, outputs) if x is not None else None
+            named = list(zip((feature_name(m, o) for o in outputs), got or [None] * len(outputs), strict=True))
+            if m == VIDEO and SPEED_FEATURE in self._anomaly_features:  # measured on the frames; held in _decide
+                named.append((SPEED_FEATURE, band_speeds(x) if x is not None else None))
+            for name, value in named:
                 # [B, D] or, for a bag feature (audio_patches), [B, P, D]; all NaN: no window had the modality
-                shape = got[j].shape[1:] if got is not None else (self.bundle.feature_dims.get(feature_name(m, o), 1),)
+                shape = value.shape[1:] if value is not None else (self.bundle.feature_dims.get(name, 1),)
                 full = np.full((len(windows), *shape), np.nan, np.float32)
-                if got is not None:
-                    full[idx] = got[j]
-                out[feature_name(m, o)] = full
+                if value is not None:
+                    full[idx] = value
+                out[name] = full
         return out, time.perf_counter() - t0, time.thread_time() - c0
 
     def _process(self, windows: list[Window]) -> None:
@@ -239,6 +245,9 @@ class CameraPipeline:
             if name == "joint" or name in self._anomaly_features:
                 value = joint if name == "joint" else derive(audio_emb, video_emb)
                 feats[name] = np.where(both[:, None], value, np.nan).astype(np.float32)
+        if SPEED_FEATURE in feats:  # held here, in window order, whichever thread measured them
+            t_starts = np.array([w.t_start for w in windows])
+            feats[SPEED_FEATURE] = self._speed_hold.apply(t_starts, feats[SPEED_FEATURE])
         if self.index is not None:
             self.index.add(self._index_source, np.array([w.t_start for w in windows]),
                            np.array([w.t_end for w in windows]), audio_emb, video_emb)

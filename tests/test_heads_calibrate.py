@@ -357,7 +357,8 @@ def test_calibrate_catches_held_out_anomalies(site):
     assert b.anomaly is not None and b.event_head is not None  # calibrate kept the event head
     a = b.manifest["anomaly"]
     assert a["false_alarms_per_hour"] == 10 and a["k"] == 3
-    assert a["features"] == ["audio_patches", "audio_summary", "video_summary"]  # the default, as the bundle gives all
+    # the default, as the bundle gives all
+    assert a["features"] == ["audio_patches", "audio_summary", "video_summary", "video_speed"]
     held = embed_footage(b, [site["held"]], require_labels=True)
     scores = b.anomaly.score(held.features)
     over = scores >= b.anomaly.threshold
@@ -372,6 +373,26 @@ def test_calibrate_catches_held_out_anomalies(site):
     # exactly one head and one memory file are left in the bundle, both hashed
     names = sorted(p.name for p in site["bundle"].iterdir())
     assert sum(n.startswith("events-") for n in names) == 1 and sum(n.startswith("anomaly-") for n in names) == 1
+
+
+def test_replay_scores_windows_as_calibrate_measured_them(site, tmp_path):
+    """One code path: replay's anomaly scores (batched, embedded in threads, speeds held across batches) equal
+    the memory's scores of the same footage's features as calibrate computes them (the file's windows at once)."""
+    import json
+
+    from edgeav.bundle import embed_footage, load_bundle
+    from tests.conftest import run_edgeav
+
+    b = load_bundle(site["bundle"])
+    assert b.anomaly is not None and "video_speed" in b.anomaly.features
+    want = b.anomaly.score(embed_footage(b, [site["held"]], require_labels=True).features)
+    windows = tmp_path / "held.windows.jsonl"
+    proc = run_edgeav("replay", site["held"], "--models", site["bundle"], "--windows", windows,
+                      "--out", tmp_path / "held.events.jsonl", "--quiet", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = [json.loads(line)["anomaly_score"] for line in windows.read_text().splitlines()]
+    assert len(got) == len(want)
+    np.testing.assert_allclose(np.array(got, dtype=np.float64), want, atol=2e-4)  # records keep 4 decimals
 
 
 def test_features_chosen_by_measurement():

@@ -43,7 +43,9 @@ import numpy as np
 
 ROWS = {
     "summaries": ("audio_summary", "video_summary"),
-    "default": ("audio_patches", "audio_summary", "video_summary"),
+    "default": ("audio_patches", "audio_summary", "video_summary", "video_speed"),
+    "default-video_speed": ("audio_patches", "audio_summary", "video_summary"),
+    "video_speed": ("video_speed",),
     "patches": ("audio_patches",),
     "pre": ("audio_pre", "video_pre"),
     "patches+pre+video_summary": ("audio_patches", "audio_pre", "video_summary"),
@@ -64,7 +66,7 @@ ROWS = {
 # Rows that score a bag feature's windows by other pools than calibrate's (edgeav.calibrate.BAG_POOLS): the most
 # unusual instance alone, as calibrate did before the mean pool.
 ROW_BAG_POOLS = {"default-max-pool": ("max",)}
-BUNDLE_FEATURES = ("audio_summary", "video_summary", "audio_patches", "audio_pre", "video_pre")
+BUNDLE_FEATURES = ("audio_summary", "video_summary", "audio_patches", "audio_pre", "video_pre", "video_speed")
 
 
 # ---------------------------------------------------------------------------------------------- candidate features
