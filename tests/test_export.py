@@ -90,7 +90,7 @@ def test_export_parity_on_real_windows(exported):
     # The features the anomaly scorer may use come out of the same graphs, equal to torch's.
     feats = b.features(w.audio, w.frames)
     assert set(feats) == {"audio", "audio_pre", "audio_summary", "audio_patches", "video", "video_pre",
-                          "video_summary", "joint", "av_disagreement"}
+                          "video_summary", "joint", "av_disagreement", "video_speed"}
     cos = (feats["audio"] * feats["video"]).sum(1) / np.linalg.norm(feats["audio"], axis=1) \
         / np.linalg.norm(feats["video"], axis=1)
     np.testing.assert_allclose(feats["av_disagreement"][:, 0], 1.0 - cos, atol=1e-5)
@@ -102,6 +102,7 @@ def test_export_parity_on_real_windows(exported):
             for p in patches:
                 assert np.abs(feats[f"{name}_patches"] - p.numpy()).max() <= 1e-4
     assert feats["video_summary"].shape[1] == (64 // 8) * (112 // 8)  # one motion figure per 8x8-pixel cell
+    assert feats["video_speed"].shape[1] == 64 // 4 == b.feature_dims["video_speed"]  # measured, per 4-row band
     # Patches: 32 pooled bands x 3 pooled frames (60 ms), one every 40 ms of the 1 s window.
     assert feats["audio_patches"].shape[1:] == (24, 32 * 3) and b.feature_dims["audio_patches"] == 96
 
