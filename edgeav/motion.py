@@ -17,8 +17,8 @@ window on a 2-core box, against the milliseconds its frames took to decode.
 
 A runner is fast for seconds; a spurious speed (two passers-by whose differences happen to line up, a light
 bar's lamps blinking in turn) lasts a window. :class:`SpeedHold` keeps each band's smallest speed over the
-last :data:`HOLD_WINDOWS` consecutive windows: site 5150 (README, "Anomalies at a new site") caught 13 of 24
-runners with it against 4 without, at the same false alarms.
+last :data:`HOLD_WINDOWS` consecutive windows: at site 5150 (README, "Measured speed"), scored alone against
+their ceiling at 4 false alarms in 4 h, the held speeds caught 16 of 24 runners, the unheld ones 4.
 """
 
 from __future__ import annotations
