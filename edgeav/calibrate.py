@@ -420,8 +420,10 @@ def match_ceiling_parts(parts: list[ScorerPart], oofs: list[np.ndarray], false_a
         if p.kind != "ceiling":
             continue
         own, _ = threshold_for_rate(oofs[i], false_alarms_per_hour * CEILING_RATE_SHARE, hop_s)
-        if own > 0 and target > 0:
-            gain = target / own
+        if target > 0:
+            # own < 1 (below the normal scores' 99th percentile) only where the footage never moved: a speed of a
+            # pixel per frame gap above the ceiling then meets the threshold, rather than any speed at all
+            gain = target / max(own, 1.0)
             p.spread /= gain
             oofs[i] = oofs[i] * gain
 

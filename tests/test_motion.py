@@ -100,3 +100,20 @@ def test_a_ceiling_part_is_scaled_to_its_share_of_the_rate_beside_knn_parts():
     speed_part = mem.parts[1]
     assert speed_part.kind == "ceiling" and own > 0
     assert float(speed_part.scores(probe, 3)[0]) == pytest.approx(knn_alone.threshold, rel=1e-4)
+
+
+def test_a_site_that_never_moved_alarms_on_a_pixel_of_speed_not_on_noise():
+    """Calibration footage without motion: every speed 0, so the ceiling part's own threshold degenerates; its
+    scaling is bounded, so a speed of a pixel per frame gap above the ceiling meets the threshold and a tenth
+    of one does not."""
+    from edgeav.calibrate import calibrate
+
+    rng = np.random.default_rng(6)
+    n = 7200
+    feats = {"audio_summary": rng.standard_normal((n, 6)).astype(np.float32),
+             "video_speed": np.zeros((n, 16), np.float32)}
+    mem, _ = calibrate(feats, ("audio_summary", "video_speed"), 0.5, 1.0, memory_size=500)
+    probe = np.zeros((2, 16), np.float32)
+    probe[0, 3], probe[1, 3] = 1.0, 0.1
+    s = mem.parts[1].scores(probe, 3)
+    assert np.isfinite(s).all() and s[0] >= mem.threshold * 0.999 and s[1] < mem.threshold, (s, mem.threshold)
