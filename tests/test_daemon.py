@@ -190,6 +190,8 @@ def test_daemon_notify_alerts_clips_metrics_and_sigterm(scene, tmp_path):
             cfg.write_text(good.replace("cooldown_s: 0", "cooldown_s: 1"))
             signal_daemon(proc, signal.SIGHUP)
             wait_until(lambda: "applied" in log.read_text(), 15, "the reload")
+            # the daemon logs "applied" and then notifies READY: the datagram may come a moment after the line
+            wait_until(lambda: len(notify.lines("READY=1")) == 3, 5, "READY=1 after the applied reload")
             assert notify.lines("RELOADING=1") and len(notify.lines("READY=1")) == 3
             n_windows = len(sub.on(f"{BASE}/gate/state"))
             wait_until(lambda: len(sub.on(f"{BASE}/gate/state")) > n_windows + 1, 15, "windows after the reload")
