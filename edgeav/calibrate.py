@@ -183,6 +183,12 @@ def pool_sample(x: np.ndarray, variants: np.ndarray | None) -> int:
     return round(own * (1 + (0 if variants is None else variants.size / x.size)))
 
 
+def fold_edges(n: int, folds: int, min_size: int) -> np.ndarray:
+    """Boundaries of ``folds`` contiguous folds of ``n`` windows (fewer where a fold would hold fewer than
+    ``min_size``; at least 2)."""
+    return np.linspace(0, n, max(2, min(folds, n // min_size)) + 1).astype(int)
+
+
 def out_of_fold_scores(x: np.ndarray, k: int, memory_size: int, folds: int = 5,
                        variants: np.ndarray | None = None) -> np.ndarray:
     """Each contiguous fold of windows scored against a memory of the other folds: honest normal distances
@@ -192,12 +198,10 @@ def out_of_fold_scores(x: np.ndarray, k: int, memory_size: int, folds: int = 5,
     the folds their windows belong to, never the memory a copy of the same window is scored against.
     """
     n = len(x)
-    folds = max(2, min(folds, n // max(k + 1, 2)))
-    edges = np.linspace(0, n, folds + 1).astype(int)
+    edges = fold_edges(n, folds, max(k + 1, 2))
     out = np.empty(x.shape[:2] if x.ndim == 3 else n, dtype=np.float32)
     sample = pool_sample(x, variants)
-    for i in range(folds):
-        lo, hi = edges[i], edges[i + 1]
+    for lo, hi in itertools.pairwise(edges):
         pool = [x[:lo], x[hi:]]
         if variants is not None:
             pool += [v for a in variants for v in (a[:lo], a[hi:])]
@@ -300,12 +304,15 @@ class ScorerPart:
     # A bag's other pools (BAG_POOLS after "max") by name: (centre, spread) of their normal distances. Empty for
     # rows and for memories calibrated before the mean pool (their scores are unchanged).
     pools: dict[str, tuple[float, float]] = field(default_factory=dict)
-    # "knn", or "ceiling" (CEILING_FEATURES): the distance is how far the window's largest excess over the
-    # memory's one row of per-dimension ceilings goes (negative below them all)
-    kind: str = "knn"
 
     def __post_init__(self) -> None:
         self._memory64 = np.asarray(self.memory, dtype=np.float64)  # converted once, not per window
+
+    @property
+    def kind(self) -> str:
+        """"knn", or "ceiling" (:data:`CEILING_FEATURES`): the distance is how far the window's largest excess over
+        the memory's one row of per-dimension ceilings goes (negative below them all)."""
+        return "ceiling" if self.feature in CEILING_FEATURES else "knn"
 
     def distances(self, x: np.ndarray, k: int) -> np.ndarray:
         """Rows ``[B, D]`` -> ``[B]``, or bags ``[B, P, D]`` -> per instance ``[B, P]``."""
@@ -397,14 +404,13 @@ def fit_ceiling_part(feature: str, x: np.ndarray, folds: int = 5) -> tuple[Score
     """A "ceiling" part (:data:`CEILING_FEATURES`) from normal rows ``x`` ``[B, d]`` in time order, and its
     out-of-fold normal scores: each contiguous fold against the ceiling of the others, as the kNN parts'."""
     x = np.asarray(x, dtype=np.float64)
-    n = len(x)
-    edges = np.linspace(0, n, max(2, min(folds, n // 2)) + 1).astype(int)
+    edges = fold_edges(len(x), folds, 2)
     oof = np.concatenate([(x[lo:hi] - ceiling(np.concatenate([x[:lo], x[hi:]]))).max(axis=1)
                           for lo, hi in itertools.pairwise(edges)])
     centre, spread = _rescaling(oof, CEILING_SPREAD_FLOOR)
     d = x.shape[1]
     part = ScorerPart(feature=feature, memory=ceiling(x)[None].astype(np.float32), mean=np.zeros(d, np.float32),
-                      scale=np.ones(d, np.float32), centre=centre, spread=spread, kind="ceiling")
+                      scale=np.ones(d, np.float32), centre=centre, spread=spread)
     return part, (oof - centre) / spread
 
 
@@ -483,8 +489,6 @@ class AnomalyMemory:
         for i, p in enumerate(self.parts):
             arrays.update({f"memory_{i}": p.memory.astype(np.float32), f"mean_{i}": p.mean, f"scale_{i}": p.scale,
                            f"centre_{i}": np.array(p.centre), f"spread_{i}": np.array(p.spread)})
-            if p.kind != "knn":  # absent: a kNN part (every part before the ceiling kind)
-                arrays[f"kind_{i}"] = np.array(p.kind)
             if p.pools:  # absent in memories from before the mean pool: those load with "max" alone
                 arrays[f"pools_{i}"] = np.array(list(p.pools))
                 arrays[f"pool_rescaling_{i}"] = np.array(list(p.pools.values()), dtype=np.float64)
@@ -519,14 +523,11 @@ class AnomalyMemory:
         else:
             parts = [ScorerPart(f, data[f"memory_{i}"].astype(np.float32), data[f"mean_{i}"].astype(np.float32),
                                 data[f"scale_{i}"].astype(np.float32), float(data[f"centre_{i}"]),
-                                float(data[f"spread_{i}"]), _load_pools(p, f, data, i),
-                                str(data.get(f"kind_{i}", "knn"))) for i, f in enumerate(names)]
+                                float(data[f"spread_{i}"]), _load_pools(p, f, data, i)) for i, f in enumerate(names)]
         for part in parts:
             m = part.memory
             if m.ndim != 2 or len(m) == 0 or part.mean.shape != (m.shape[1],) or part.scale.shape != (m.shape[1],) \
-                    or not (part.scale > 0).all() or not part.spread > 0 \
-                    or part.kind != ("ceiling" if part.feature in CEILING_FEATURES else "knn") \
-                    or (part.kind == "ceiling" and len(m) != 1):
+                    or not (part.scale > 0).all() or not part.spread > 0 or (part.kind == "ceiling" and len(m) != 1):
                 raise UserError(f"{p}: anomaly memory part {part.feature!r} is empty or malformed")
         normal = None
         if "tail" in data and "tail_count" in data and "tail_min" in data:

@@ -91,17 +91,13 @@ class SpeedHold:
         out = np.empty_like(speeds, dtype=np.float32)
         for i, (t, v) in enumerate(zip(np.asarray(t_starts, dtype=np.float64), speeds, strict=True)):
             follows = self._last_t is not None and abs(t - self._last_t - self.hop_s) < 0.25 * self.hop_s
-            if not follows or not np.isfinite(v).all():
+            seen = bool(np.isfinite(v).all())
+            if not follows or not seen:
                 self._recent = []
             self._last_t = float(t)
-            if not np.isfinite(v).all():
+            if not seen:
                 out[i] = np.nan
                 continue
             self._recent = [*self._recent[-(self.windows - 1):], v]
             out[i] = np.min(self._recent, axis=0)
         return out
-
-
-def held_band_speeds(frames: np.ndarray, t_starts: np.ndarray, hop_s: float) -> np.ndarray:
-    """:func:`band_speeds` of one stream's consecutive windows, held by :class:`SpeedHold`."""
-    return SpeedHold(hop_s).apply(t_starts, band_speeds(frames))
