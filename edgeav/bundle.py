@@ -39,6 +39,7 @@ from edgeav import __version__
 from edgeav.errors import UserError, read_json_file
 from edgeav.motion import SPEED_FEATURE, SpeedHold, band_speeds, speed_bands
 from edgeav.preprocess import WindowSpec, pitch_shifted
+from edgeav.roughness import ROUGHNESS_FEATURE, roughness, roughness_dims
 
 if TYPE_CHECKING:  # imported lazily at run time: the heads need numpy only, but keep import cost low
     from edgeav.calibrate import AnomalyMemory
@@ -99,9 +100,10 @@ def av_disagreement(audio_emb: np.ndarray, video_emb: np.ndarray) -> np.ndarray:
 
 # Window features computed from the two embeddings rather than read from a model output.
 DERIVED_FEATURES = {"joint": joint_embedding, "av_disagreement": av_disagreement}
-# Window features measured on the frames themselves (edgeav.motion), every bundle's whatever its models: the
-# speed of what moves per row band, held over consecutive windows of a stream.
-FRAME_FEATURES = (SPEED_FEATURE,)
+# Window features measured on a window's own frames or samples rather than by a model, so every bundle gives them
+# whatever its models (no retraining): the speed of what moves per row band (edgeav.motion; held over consecutive
+# windows of a stream) and how rough the sound is (edgeav.roughness). By the modality whose input they measure.
+SIGNAL_FEATURES = {SPEED_FEATURE: "video", ROUGHNESS_FEATURE: "audio"}
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
@@ -365,14 +367,14 @@ class Bundle:
         """Every window feature this bundle's models give (see :func:`feature_name`), and the derived ones."""
         names = [feature_name(m, o) for m in MODALITIES for o in MODEL_OUTPUTS
                  if o in self._outputs(m)]
-        return (*names, *DERIVED_FEATURES, *FRAME_FEATURES)
+        return (*names, *DERIVED_FEATURES, *SIGNAL_FEATURES)
 
     @property
     def feature_dims(self) -> dict[str, int]:
         """The width of every feature the bundle gives (from the models' output shapes; a patch's width for
         the bag features)."""
         dims = {"joint": self.joint_size, "av_disagreement": 1,
-                SPEED_FEATURE: speed_bands(self.window_spec.frame_height)}
+                SPEED_FEATURE: speed_bands(self.window_spec.frame_height), ROUGHNESS_FEATURE: roughness_dims()}
         for m in MODALITIES:
             for o in self._session(m).get_outputs():
                 if o.name in MODEL_OUTPUTS and len(o.shape) in (2, 3) and isinstance(o.shape[-1], int):
@@ -442,6 +444,11 @@ class Bundle:
         """uint8 RGB windows ``[B, F, H, W, 3]`` -> embeddings ``[B, D]``."""
         return self.run_video(frames)[0]
 
+    def measure(self, name: str, x: np.ndarray) -> np.ndarray:
+        """The signal feature ``name`` (:data:`SIGNAL_FEATURES`) of a batch of its modality's windows, as the
+        models take them; ``video_speed`` unheld."""
+        return band_speeds(x) if name == SPEED_FEATURE else roughness(x, self.window_spec.sample_rate)
+
     def embed(self, audio: np.ndarray, frames: np.ndarray, batch: int = 64) -> np.ndarray:
         """Joint embeddings ``[B, 2D]`` (see :func:`joint_embedding`), in batches of at most ``batch``."""
         return self.features(audio, frames, ("joint",), batch=batch)["joint"]
@@ -464,19 +471,18 @@ class Bundle:
                 outs = self.outputs_for(m, want)
                 got.update(zip((feature_name(m, o) for o in outs), self.run(m, x[i:i + batch], outs), strict=True))
             for n in want:
-                if n in FRAME_FEATURES:
-                    parts[n].append(band_speeds(frames[i:i + batch]))
+                if n in SIGNAL_FEATURES:
+                    parts[n].append(self.measure(n, (audio if SIGNAL_FEATURES[n] == "audio" else frames)[i:i + batch]))
                 else:
                     parts[n].append(DERIVED_FEATURES[n](got["audio"], got["video"]) if n in DERIVED_FEATURES
                                     else got[n])
         if not len(audio):
             return {n: np.zeros((0, self.feature_dims.get(n, 0)), np.float32) for n in want}
         out = {n: np.concatenate(v).astype(np.float32, copy=False) for n, v in parts.items()}
-        for n in FRAME_FEATURES:
-            if n in out:
-                hop = self.window_spec.hop_s
-                t = np.arange(len(out[n])) * hop if t_starts is None else t_starts
-                out[n] = SpeedHold(hop).apply(t, out[n])
+        if SPEED_FEATURE in out:
+            hop = self.window_spec.hop_s
+            t = np.arange(len(out[SPEED_FEATURE])) * hop if t_starts is None else t_starts
+            out[SPEED_FEATURE] = SpeedHold(hop).apply(t, out[SPEED_FEATURE])
         return out
 
 

@@ -44,9 +44,9 @@ MEMORY_FORMAT = "edgeav.anomaly_memory/2"
 LEGACY_FORMAT = "edgeav.anomaly_memory/1"  # one joint/audio/video embedding memory, raw distances
 # The features a part may use: see edgeav.bundle.feature_name (embeddings, pre-projection, front-end summary).
 FEATURES = ("joint", "audio", "video", "audio_pre", "video_pre", "audio_summary", "video_summary", "audio_patches",
-            "av_disagreement", "video_speed")
+            "av_disagreement", "video_speed", "audio_roughness")
 # Measured best at a held-out synth site (README, "Anomaly features"); used when the bundle gives them all.
-DEFAULT_FEATURES = ("audio_patches", "audio_summary", "video_summary", "video_speed")
+DEFAULT_FEATURES = ("audio_patches", "audio_summary", "video_summary", "video_speed", "audio_roughness")
 PREVIOUS_DEFAULT_FEATURES = ("audio_summary", "video_summary")  # for bundles exported before audio_patches
 # Bag features (``[B, P, D]``: a window is a bag of P instances, e.g. audio_patches): the memory is a coreset of
 # at most BAG_MEMORY instances, chosen among evenly spaced ones: BAG_SAMPLE for every BAG_SAMPLE_WINDOWS windows

@@ -26,7 +26,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-SPEED_FEATURE = "video_speed"  # the window feature's name (edgeav.bundle.FRAME_FEATURES)
+SPEED_FEATURE = "video_speed"  # the window feature's name (edgeav.bundle.SIGNAL_FEATURES)
 BAND_ROWS = 4  # rows of the model's frame per band: 16 bands at 64 rows, a few per person
 MAX_SHIFT = 20  # px per frame gap, at the model's frame width: a car crossing in 2 s at 4 frames a second
 MIN_PEAK = 0.2  # normalised correlation below which a band holds nothing moving coherently (speed 0)

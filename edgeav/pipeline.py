@@ -25,6 +25,7 @@ import numpy as np
 from edgeav.bundle import (
     DERIVED_FEATURES,
     MODALITIES,
+    SIGNAL_FEATURES,
     Bundle,
     feature_name,
     joint_embedding,
@@ -32,7 +33,7 @@ from edgeav.bundle import (
 from edgeav.decide import AnomalyDecider, AnomalyParams, EventLocalizer, EventParams
 from edgeav.index import IndexWriter
 from edgeav.labels import BACKGROUND
-from edgeav.motion import SPEED_FEATURE, SpeedHold, band_speeds
+from edgeav.motion import SPEED_FEATURE, SpeedHold
 from edgeav.preprocess import FrameResizer, WindowSpec
 from edgeav.records import RecordBuilder
 from edgeav.windows import AUDIO, VIDEO, Window, WindowAssembler
@@ -208,8 +209,9 @@ class CameraPipeline:
             x = np.stack([inputs[i] for i in idx]) if idx else None
             got = self.bundle.run(m, x, outputs) if x is not None else None
             named = list(zip((feature_name(m, o) for o in outputs), got or [None] * len(outputs), strict=True))
-            if m == VIDEO and SPEED_FEATURE in self._anomaly_features:  # measured on the frames; held in _decide
-                named.append((SPEED_FEATURE, band_speeds(x) if x is not None else None))
+            for name, modality in SIGNAL_FEATURES.items():  # measured on the inputs; the speeds held in _decide
+                if modality == m and name in self._anomaly_features:
+                    named.append((name, self.bundle.measure(name, x) if x is not None else None))
             for name, value in named:
                 # [B, D] or, for a bag feature (audio_patches), [B, P, D]; all NaN: no window had the modality
                 shape = value.shape[1:] if value is not None else (self.bundle.feature_dims.get(name, 1),)

@@ -358,7 +358,7 @@ def test_calibrate_catches_held_out_anomalies(site):
     a = b.manifest["anomaly"]
     assert a["false_alarms_per_hour"] == 10 and a["k"] == 3
     # the default, as the bundle gives all
-    assert a["features"] == ["audio_patches", "audio_summary", "video_summary", "video_speed"]
+    assert a["features"] == ["audio_patches", "audio_summary", "video_summary", "video_speed", "audio_roughness"]
     held = embed_footage(b, [site["held"]], require_labels=True)
     scores = b.anomaly.score(held.features)
     over = scores >= b.anomaly.threshold
@@ -384,7 +384,7 @@ def test_replay_scores_windows_as_calibrate_measured_them(site, tmp_path):
     from tests.conftest import run_edgeav
 
     b = load_bundle(site["bundle"])
-    assert b.anomaly is not None and "video_speed" in b.anomaly.features
+    assert b.anomaly is not None and {"video_speed", "audio_roughness"} <= set(b.anomaly.features)
     want = b.anomaly.score(embed_footage(b, [site["held"]], require_labels=True).features)
     windows = tmp_path / "held.windows.jsonl"
     proc = run_edgeav("replay", site["held"], "--models", site["bundle"], "--windows", windows,

@@ -43,7 +43,9 @@ import numpy as np
 
 ROWS = {
     "summaries": ("audio_summary", "video_summary"),
-    "default": ("audio_patches", "audio_summary", "video_summary", "video_speed"),
+    "default": ("audio_patches", "audio_summary", "video_summary", "video_speed", "audio_roughness"),
+    "default-audio_roughness": ("audio_patches", "audio_summary", "video_summary", "video_speed"),
+    "audio_roughness": ("audio_roughness",),
     "default-video_speed": ("audio_patches", "audio_summary", "video_summary"),
     "video_speed": ("video_speed",),
     "patches": ("audio_patches",),
@@ -66,7 +68,8 @@ ROWS = {
 # Rows that score a bag feature's windows by other pools than calibrate's (edgeav.calibrate.BAG_POOLS): the most
 # unusual instance alone, as calibrate did before the mean pool.
 ROW_BAG_POOLS = {"default-max-pool": ("max",)}
-BUNDLE_FEATURES = ("audio_summary", "video_summary", "audio_patches", "audio_pre", "video_pre", "video_speed")
+BUNDLE_FEATURES = ("audio_summary", "video_summary", "audio_patches", "audio_pre", "video_pre", "video_speed",
+                   "audio_roughness")
 
 
 # ---------------------------------------------------------------------------------------------- candidate features
@@ -273,6 +276,7 @@ class Site:
 
 def run_row(site: Site, names: tuple[str, ...], rate: float, semitones: int = 0,
             bag_pools: tuple[str, ...] | None = None) -> dict[str, Any]:
+    from edgeav.bundle import SIGNAL_FEATURES
     from edgeav.calibrate import BAG_POOLS, calibrate
     from edgeav.labels import load_labels, sidecar_path
     from edgeav.scoring import alerts_at, combine, score_replay
@@ -282,7 +286,8 @@ def run_row(site: Site, names: tuple[str, ...], rate: float, semitones: int = 0,
             site.feature(n, path)
         site.t_starts(path)
     normal = {n: np.concatenate([site.feature(n, p) for p in site.normal]) for n in names}
-    shifted = [n for n in names if n.startswith("audio") and n in BUNDLE_FEATURES] if semitones else []
+    shifted = [n for n in names if n.startswith("audio") and n in BUNDLE_FEATURES
+               and n not in SIGNAL_FEATURES] if semitones else []
     variants = {n: np.concatenate([site.variants(n, p, semitones) for p in site.normal], axis=1) for n in shifted}
     mem, metrics = calibrate(normal, names, 0.5, rate, variants=variants, bag_pools=bag_pools or BAG_POOLS)
     scores = []
