@@ -3,22 +3,24 @@
 Why a measured feature and not a learnt one: a scream's pitch and timbre sit among a street's sirens, horns and
 voices (tonal, sweeping, 400-1200 Hz), and the audio model's log-mel frames (10 ms apart) cannot see what sets it
 apart: its loudness fluctuates 20 to 200 times a second (heard as roughness; screams and alarms occupy that
-range, speech and music mostly do not), and it does so together in every frequency band, because one voice
-source drives them all. The anomaly memory learns which roughness is normal at the site (a kNN part of
-:class:`edgeav.calibrate.ScorerPart`, like the learnt features): horns beat too, engines rumble at their firing
-rate, and what is usual differs per site.
+range, speech and music mostly do not: Arnal et al., Current Biology 2015), and it does so together in every
+frequency band, because one voice source drives them all. The anomaly memory learns which roughness is normal at
+the site (a kNN part of :class:`edgeav.calibrate.ScorerPart`, like the learnt features): horns beat too, engines
+rumble at their firing rate, and what is usual differs per site.
 
 Method, per window: the spectrum is cut into :data:`BANDS_HZ`; each band's envelope (the magnitude of its
 analytic signal, taken at :data:`ENVELOPE_RATE` samples a second from the band's own bins) is normalised by its
-mean, and the log power spectrum of its fluctuation is averaged over the bands (a geometric mean: a modulation
-shared by every band stands out, one band's noise does not). The feature is, per range of
-:data:`RANGES_HZ`, how far that co-modulation spectrum's highest point (smoothed over 3 bins) rises above its
-median over 10-250 Hz: a natural-log ratio, 0 for a steady tone and small for noise, large where the whole
-sound beats at one rate. About 0.5 ms a window of 1 s at 16 kHz on a 2-core box.
+mean (floored: :data:`LEVEL_FLOOR`, :data:`MODULATION_FLOOR`), and the log power spectrum of its fluctuation is
+averaged over the bands (a geometric mean: a modulation shared by every band stands out, one band's noise does
+not). The feature is, per range of :data:`RANGES_HZ`, how far that co-modulation spectrum's highest point
+(smoothed over 3 bins) rises above its median over 10-250 Hz: a natural-log ratio, near 0 for a steady tone and
+small for noise, large where the whole sound beats at one rate. Through OpenCV's row DFTs: 0.5-0.9 ms a window
+of 1 s at 16 kHz on a 2-core box.
 
-How it was chosen (README, "Roughness"): at site 5150, beside the other parts, screams caught 8 -> 15 of 19 at
-the 1/h setting; the ranges as 3 (kept), 5, 7 or 10 bins, or the modulation power per band and range, caught
-15, 12, 13, 8 and 5.
+How it was chosen (README, "Roughness"; exploratory scripts over site 5150's windows, beside the other parts at
+the 1/h setting): screams caught 8 -> 15 of 19 with the 3 ranges kept; 13 with 5 ranges over 20-200 Hz, 12 with 7
+over 10-250 Hz, 8 with 10, 5 with the modulation power per band and range (no co-modulation). Then checked on
+site 7373, not used for the choice: screams 5 -> 12 of 16.
 """
 
 from __future__ import annotations
