@@ -20,7 +20,8 @@ of 1 s at 16 kHz on a 2-core box.
 How it was chosen (README, "Roughness"; exploratory scripts over site 5150's windows, beside the other parts at
 the 1/h setting): screams caught 8 -> 15 of 19 with the 3 ranges kept; 13 with 5 ranges over 20-200 Hz, 12 with 7
 over 10-250 Hz, 8 with 10, 5 with the modulation power per band and range (no co-modulation). Then checked on
-site 7373, not used for the choice: screams 5 -> 12 of 16.
+site 7373, not used for the choice: screams 5 -> 12 of 16. Synth footage only, whose screams beat more steadily
+than real ones; not measured on real recordings.
 """
 
 from __future__ import annotations
