@@ -33,6 +33,21 @@ def test_the_range_that_beats_stands_out_and_steady_sounds_and_noise_do_not():
     assert r[3].max() < 0.6 and r[4].max() < 1.2, r[3:]  # a steady voice, white noise
 
 
+def test_an_irregular_beat_as_a_real_scream_has_stands_out_as_well():
+    """A real scream's roughness is chaotic rather than one steady rate (the synth's is steady): a beat whose rate
+    wanders, or a loudness shaken by 20-80 Hz noise, still rises well above a steady voice's."""
+    rng = np.random.default_rng(1)
+    steady = voice(600)
+    wander = 45 * (1 + 0.5 * np.cumsum(rng.standard_normal(SR)) / np.sqrt(SR) * 3)  # a random walk around 45 Hz
+    hz = np.arange(SR // 2 + 1)  # 1 Hz bins of a 1 s window
+    noise = rng.standard_normal(len(hz)) + 1j * rng.standard_normal(len(hz))
+    shaken = np.fft.irfft(np.where((hz > 20) & (hz < 80), noise, 0), n=SR)
+    rough = [steady * (1 + 0.3 * np.sin(2 * np.pi * np.cumsum(wander) / SR)),
+             steady * (1 + 0.3 * shaken / shaken.std())]
+    r = roughness(np.stack([*rough, steady]).astype(np.float32), SR)
+    assert (r[:2, :2].max(axis=1) > 2.0).all() and r[2].max() < 0.6, r
+
+
 def test_any_batch_any_sample_rate_and_degenerate_windows():
     x = np.stack([voice(500, 40, seed=s) for s in range(4)])
     whole = roughness(x, SR)
