@@ -50,7 +50,7 @@ def roughness(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """Mono float windows ``[B, S]`` at ``sample_rate`` -> ``[B, len(RANGES_HZ)]`` float32: per modulation range,
     the co-modulation spectrum's peak over its median (natural log; see the module doc). Bands above the
     Nyquist frequency are left out; a window too short for the lowest range gives 0."""
-    audio = np.asarray(audio, dtype=np.float32)
+    audio = np.ascontiguousarray(audio, dtype=np.float32)  # OpenCV would copy a strided view anyway
     b, s = audio.shape
     seconds = s / sample_rate
     bands = [(round(lo * seconds), round(min(hi, sample_rate / 2) * seconds)) for lo, hi in BANDS_HZ

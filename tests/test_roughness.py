@@ -52,7 +52,7 @@ def test_any_batch_any_sample_rate_and_degenerate_windows():
     x = np.stack([voice(500, 40, seed=s) for s in range(4)])
     whole = roughness(x, SR)
     np.testing.assert_allclose(whole, np.concatenate([roughness(x[i:i + 1], SR) for i in range(4)]), atol=1e-5)
-    at8k = roughness(x[:, ::2].copy(), 8000)  # bands above 4 kHz left out; the beat still found
+    at8k = roughness(x[:, ::2], 8000)  # bands above 4 kHz left out; the beat still found (a strided view too)
     assert (at8k[:, 0] > 1.5).all() and (at8k[:, 0] > at8k[:, 1:].max(axis=1)).all(), at8k
     silent = roughness(np.zeros((2, SR), np.float32), SR)
     np.testing.assert_allclose(silent, 0.0, atol=1e-5)  # finite: a dead microphone is steady, not NaN
