@@ -447,7 +447,11 @@ class Bundle:
     def measure(self, name: str, x: np.ndarray) -> np.ndarray:
         """The signal feature ``name`` (:data:`SIGNAL_FEATURES`) of a batch of its modality's windows, as the
         models take them; ``video_speed`` unheld."""
-        return band_speeds(x) if name == SPEED_FEATURE else roughness(x, self.window_spec.sample_rate)
+        if name == SPEED_FEATURE:
+            return band_speeds(x)
+        if name == ROUGHNESS_FEATURE:
+            return roughness(x, self.window_spec.sample_rate)
+        raise ValueError(f"{name!r} is not a signal feature ({', '.join(SIGNAL_FEATURES)})")
 
     def embed(self, audio: np.ndarray, frames: np.ndarray, batch: int = 64) -> np.ndarray:
         """Joint embeddings ``[B, 2D]`` (see :func:`joint_embedding`), in batches of at most ``batch``."""
