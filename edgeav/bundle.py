@@ -37,7 +37,15 @@ import numpy as np
 
 from edgeav import __version__
 from edgeav.errors import UserError, read_json_file
-from edgeav.motion import SPEED_FEATURE, SpeedHold, band_speeds, speed_bands
+from edgeav.motion import (
+    HELD_FEATURES,
+    SPEED_FEATURE,
+    VELOCITY_FEATURE,
+    SpeedHold,
+    band_speeds,
+    band_velocities,
+    speed_bands,
+)
 from edgeav.preprocess import WindowSpec, pitch_shifted
 from edgeav.roughness import ROUGHNESS_FEATURE, roughness, roughness_dims
 
@@ -102,8 +110,9 @@ def av_disagreement(audio_emb: np.ndarray, video_emb: np.ndarray) -> np.ndarray:
 DERIVED_FEATURES = {"joint": joint_embedding, "av_disagreement": av_disagreement}
 # Window features measured on a window's own frames or samples rather than by a model, so every bundle gives them
 # whatever its models (no retraining): the speed of what moves per row band (edgeav.motion; held over consecutive
-# windows of a stream) and how rough the sound is (edgeav.roughness). By the modality whose input they measure.
-SIGNAL_FEATURES = {SPEED_FEATURE: "video", ROUGHNESS_FEATURE: "audio"}
+# windows of a stream; unsigned or, as velocities, rightwards and leftwards apart) and how rough the sound is
+# (edgeav.roughness). By the modality whose input they measure.
+SIGNAL_FEATURES = {SPEED_FEATURE: "video", VELOCITY_FEATURE: "video", ROUGHNESS_FEATURE: "audio"}
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
@@ -374,7 +383,8 @@ class Bundle:
         """The width of every feature the bundle gives (from the models' output shapes; a patch's width for
         the bag features)."""
         dims = {"joint": self.joint_size, "av_disagreement": 1,
-                SPEED_FEATURE: speed_bands(self.window_spec.frame_height), ROUGHNESS_FEATURE: roughness_dims()}
+                SPEED_FEATURE: speed_bands(self.window_spec.frame_height),
+                VELOCITY_FEATURE: 2 * speed_bands(self.window_spec.frame_height), ROUGHNESS_FEATURE: roughness_dims()}
         for m in MODALITIES:
             for o in self._session(m).get_outputs():
                 if o.name in MODEL_OUTPUTS and len(o.shape) in (2, 3) and isinstance(o.shape[-1], int):
@@ -446,9 +456,11 @@ class Bundle:
 
     def measure(self, name: str, x: np.ndarray) -> np.ndarray:
         """The signal feature ``name`` (:data:`SIGNAL_FEATURES`) of a batch of its modality's windows, as the
-        models take them; ``video_speed`` unheld."""
+        models take them; the speeds and velocities unheld."""
         if name == SPEED_FEATURE:
             return band_speeds(x)
+        if name == VELOCITY_FEATURE:
+            return band_velocities(x)
         if name == ROUGHNESS_FEATURE:
             return roughness(x, self.window_spec.sample_rate)
         raise ValueError(f"{name!r} is not a signal feature ({', '.join(SIGNAL_FEATURES)})")
@@ -461,7 +473,8 @@ class Bundle:
                  batch: int = 64, t_starts: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Named window features (default: every one available) of windows that have both modalities.
 
-        ``video_speed`` is held over consecutive windows (:class:`edgeav.motion.SpeedHold`): give one stream's
+        ``video_speed`` and ``video_velocity`` are held over consecutive windows (:class:`edgeav.motion.SpeedHold`):
+        give one stream's
         windows in time order, with their ``t_starts`` (default: one after the other on the hop grid)."""
         want = tuple(self.features_available if names is None else names)
         unknown = [n for n in want if n not in self.features_available]
@@ -483,10 +496,11 @@ class Bundle:
         if not len(audio):
             return {n: np.zeros((0, self.feature_dims.get(n, 0)), np.float32) for n in want}
         out = {n: np.concatenate(v).astype(np.float32, copy=False) for n, v in parts.items()}
-        if SPEED_FEATURE in out:
-            hop = self.window_spec.hop_s
-            t = np.arange(len(out[SPEED_FEATURE])) * hop if t_starts is None else t_starts
-            out[SPEED_FEATURE] = SpeedHold(hop).apply(t, out[SPEED_FEATURE])
+        hop = self.window_spec.hop_s
+        for name in HELD_FEATURES:
+            if name in out:
+                t = np.arange(len(out[name])) * hop if t_starts is None else t_starts
+                out[name] = SpeedHold(hop).apply(t, out[name])
         return out
 
 

@@ -44,7 +44,7 @@ MEMORY_FORMAT = "edgeav.anomaly_memory/2"
 LEGACY_FORMAT = "edgeav.anomaly_memory/1"  # one joint/audio/video embedding memory, raw distances
 # The features a part may use: see edgeav.bundle.feature_name (embeddings, pre-projection, front-end summary).
 FEATURES = ("joint", "audio", "video", "audio_pre", "video_pre", "audio_summary", "video_summary", "audio_patches",
-            "av_disagreement", "video_speed", "audio_roughness")
+            "av_disagreement", "video_speed", "video_velocity", "audio_roughness")
 # Measured best at a held-out synth site (README, "Anomaly features"); used when the bundle gives them all.
 DEFAULT_FEATURES = ("audio_patches", "audio_summary", "video_summary", "video_speed", "audio_roughness")
 PREVIOUS_DEFAULT_FEATURES = ("audio_summary", "video_summary")  # for bundles exported before audio_patches
@@ -63,7 +63,7 @@ SPREAD_QUANTILE = 0.99  # a part's normal scores are rescaled so that median -> 
 # speeds of edgeav.motion, where what matters is how far a band's speed goes beyond the fastest normal one there,
 # not which combination of bands moves (vehicles give endless new combinations on the road bands: at site 5150,
 # alone at 4 false alarms in 4 h, a kNN part on the speeds caught 0-5 of 24 runners, the ceiling 16).
-CEILING_FEATURES = ("video_speed",)
+CEILING_FEATURES = ("video_speed", "video_velocity")
 # The ceiling is the normal windows' value this fraction from the top, per dimension: a rare fast normal thing
 # seen once (a light bar blinking across two lamps) does not set it.
 CEILING_TOP = 1.0 / 2000
@@ -741,8 +741,9 @@ def run(args: argparse.Namespace) -> int:
                     metrics["normal_hours"] * 60, args.false_alarms_per_hour, need_min)
     written = replace_part(d, bundle.manifest, "anomaly", mem.save, file_field="memory", section={
         "score": "largest over features of the mean distance to the k nearest normal windows (standardised "
-                 "features), each rescaled by its normal scores: median 0, 99th percentile 1; video_speed: the "
-                 "largest excess over its normal ceiling, scaled to meet the others' threshold",
+                 "features), each rescaled by its normal scores: median 0, 99th percentile 1; video_speed and "
+                 "video_velocity: the largest excess over their normal ceiling, scaled to meet the others' "
+                 "threshold",
         "k": mem.k,
         "threshold": mem.threshold,
         "false_alarms_per_hour": args.false_alarms_per_hour,

@@ -27,6 +27,8 @@ import cv2
 import numpy as np
 
 SPEED_FEATURE = "video_speed"  # the window feature's name (edgeav.bundle.SIGNAL_FEATURES)
+VELOCITY_FEATURE = "video_velocity"  # the same with the direction kept: band_velocities
+HELD_FEATURES = (SPEED_FEATURE, VELOCITY_FEATURE)  # held over consecutive windows of a stream (SpeedHold)
 BAND_ROWS = 4  # rows of the model's frame per band: 16 bands at 64 rows, a few per person
 MAX_SHIFT = 20  # px per frame gap, at the model's frame width: a car crossing in 2 s at 4 frames a second
 MIN_PEAK = 0.2  # normalised correlation below which a band holds nothing moving coherently (speed 0)
@@ -43,6 +45,22 @@ def band_speeds(frames: np.ndarray) -> np.ndarray:
     """uint8 RGB windows ``[B, F, H, W, 3]`` -> ``[B, H // BAND_ROWS]`` float32: per row band, the speed (px
     per frame gap, either direction) of what moves there coherently, 0 where nothing does. Windows of fewer
     than 3 frames have no pair of differences: all 0."""
+    return np.abs(band_shifts(frames))
+
+
+def band_velocities(frames: np.ndarray) -> np.ndarray:
+    """The ``video_velocity`` feature: :func:`band_speeds` with the direction kept, ``[B, 2 * (H // BAND_ROWS)]``
+    float32: per row band the speed of what moves there rightwards (0 if it moves leftwards or nothing does),
+    then per band leftwards. Traffic keeps to its side of the road: a lane's normal ceiling is high in its one
+    direction and a walker's the other way, so a runner (or a wrong-way driver) against the lane's traffic stands
+    out where the unsigned speed's ceiling, set by that lane's cars, hides it."""
+    s = band_shifts(frames)
+    return np.concatenate([np.maximum(s, 0.0), np.maximum(-s, 0.0)], axis=1)
+
+
+def band_shifts(frames: np.ndarray) -> np.ndarray:
+    """Per row band the signed shift (px per frame gap, positive rightwards) of what moves there coherently, 0
+    where nothing does: ``[B, H // BAND_ROWS]`` float32 (see the module doc)."""
     b, f, h, w = frames.shape[:4]
     nb = speed_bands(h)
     if b == 0 or f < 3:
@@ -70,7 +88,7 @@ def band_speeds(frames: np.ndarray) -> np.ndarray:
     curv = left - 2.0 * top + right
     frac = np.where(curv < 0, 0.5 * (left - right) / np.where(curv < 0, curv, -1.0), 0.0)
     shift = k[..., 0] - (MAX_SHIFT + 1) + np.clip(frac, -0.5, 0.5)
-    return np.where(top >= MIN_PEAK, np.abs(shift), 0.0).astype(np.float32)
+    return np.where(top >= MIN_PEAK, shift, 0.0).astype(np.float32)
 
 
 class SpeedHold:

@@ -33,7 +33,7 @@ from edgeav.bundle import (
 from edgeav.decide import AnomalyDecider, AnomalyParams, EventLocalizer, EventParams
 from edgeav.index import IndexWriter
 from edgeav.labels import BACKGROUND
-from edgeav.motion import SPEED_FEATURE, SpeedHold
+from edgeav.motion import HELD_FEATURES, SpeedHold
 from edgeav.preprocess import FrameResizer, WindowSpec
 from edgeav.records import RecordBuilder
 from edgeav.windows import AUDIO, VIDEO, Window, WindowAssembler
@@ -151,7 +151,7 @@ class CameraPipeline:
         self.localizer = EventLocalizer(self.class_names, params) if head is not None else None
         self.decider = None
         self._anomaly_features = bundle.anomaly.features if bundle.anomaly is not None else ()
-        self._speed_hold = SpeedHold(bundle.window_spec.hop_s)
+        self._holds = {name: SpeedHold(bundle.window_spec.hop_s) for name in HELD_FEATURES}  # one per held feature
         if bundle.anomaly is not None:
             base = anomaly or AnomalyParams()
             threshold = base.threshold
@@ -247,9 +247,9 @@ class CameraPipeline:
             if name == "joint" or name in self._anomaly_features:
                 value = joint if name == "joint" else derive(audio_emb, video_emb)
                 feats[name] = np.where(both[:, None], value, np.nan).astype(np.float32)
-        if SPEED_FEATURE in feats:  # held here, in window order, whichever thread measured them
-            t_starts = np.array([w.t_start for w in windows])
-            feats[SPEED_FEATURE] = self._speed_hold.apply(t_starts, feats[SPEED_FEATURE])
+        for name, hold in self._holds.items():  # held here, in window order, whichever thread measured them
+            if name in feats:
+                feats[name] = hold.apply(np.array([w.t_start for w in windows]), feats[name])
         if self.index is not None:
             self.index.add(self._index_source, np.array([w.t_start for w in windows]),
                            np.array([w.t_end for w in windows]), audio_emb, video_emb)

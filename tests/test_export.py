@@ -91,7 +91,8 @@ def test_export_parity_on_real_windows(exported):
     # The features the anomaly scorer may use come out of the same graphs, equal to torch's.
     feats = b.features(w.audio, w.frames)
     assert set(feats) == {"audio", "audio_pre", "audio_summary", "audio_patches", "video", "video_pre",
-                          "video_summary", "joint", "av_disagreement", "video_speed", "audio_roughness"}
+                          "video_summary", "joint", "av_disagreement", "video_speed", "video_velocity",
+                          "audio_roughness"}
     cos = (feats["audio"] * feats["video"]).sum(1) / np.linalg.norm(feats["audio"], axis=1) \
         / np.linalg.norm(feats["video"], axis=1)
     np.testing.assert_allclose(feats["av_disagreement"][:, 0], 1.0 - cos, atol=1e-5)
@@ -104,6 +105,11 @@ def test_export_parity_on_real_windows(exported):
                 assert np.abs(feats[f"{name}_patches"] - p.numpy()).max() <= 1e-4
     assert feats["video_summary"].shape[1] == (64 // 8) * (112 // 8)  # one motion figure per 8x8-pixel cell
     assert feats["video_speed"].shape[1] == 64 // 4 == b.feature_dims["video_speed"]  # measured, per 4-row band
+    # the same per band and direction: rightwards, then leftwards; either way (unheld), the speeds
+    assert feats["video_velocity"].shape[1] == 2 * 64 // 4 == b.feature_dims["video_velocity"]
+    velocity = b.measure("video_velocity", w.frames)
+    np.testing.assert_array_equal(velocity[:, :16] + velocity[:, 16:], b.measure("video_speed", w.frames))
+    assert velocity.any()  # the footage moves
     np.testing.assert_allclose(feats["audio_roughness"], roughness(w.audio, b.window_spec.sample_rate), atol=1e-5)
     assert b.feature_dims["audio_roughness"] == 3  # measured, per range of beat rates
     # Patches: 32 pooled bands x 3 pooled frames (60 ms), one every 40 ms of the 1 s window.

@@ -381,19 +381,31 @@ def test_calibrate_catches_held_out_anomalies(site):
     assert sum(n.startswith("events-") for n in names) == 1 and sum(n.startswith("anomaly-") for n in names) == 1
 
 
-def test_replay_scores_windows_as_calibrate_measured_them(site, tmp_path):
-    """One code path: replay's anomaly scores (batched, embedded in threads, speeds held across batches) equal
-    the memory's scores of the same footage's features as calibrate computes them (the file's windows at once)."""
+@pytest.mark.parametrize("features", [None, "audio_summary,video_velocity"])
+def test_replay_scores_windows_as_calibrate_measured_them(site, tmp_path, features):
+    """One code path: replay's anomaly scores (batched, embedded in threads, speeds and velocities held across
+    batches) equal the memory's scores of the same footage's features as calibrate computes them (the file's
+    windows at once). With the default features, and with the velocities (opt-in) in place of the speeds."""
     import json
+    import shutil
 
     from edgeav.bundle import embed_footage, load_bundle
     from tests.conftest import run_edgeav
 
-    b = load_bundle(site["bundle"])
-    assert b.anomaly is not None and {"video_speed", "audio_roughness"} <= set(b.anomaly.features)
+    bundle = site["bundle"]
+    if features is not None:
+        bundle = tmp_path / "bundle"
+        shutil.copytree(site["bundle"], bundle)
+        cal = run_edgeav("calibrate", "--models", bundle, site["train"], "--false-alarms-per-hour", "10",
+                         "--features", features, timeout=300)
+        assert cal.returncode == 0, cal.stderr
+    b = load_bundle(bundle)
+    assert b.anomaly is not None
+    want_features = {"video_speed", "audio_roughness"} if features is None else set(features.split(","))
+    assert want_features <= set(b.anomaly.features)
     want = b.anomaly.score(embed_footage(b, [site["held"]], require_labels=True).features)
     windows = tmp_path / "held.windows.jsonl"
-    proc = run_edgeav("replay", site["held"], "--models", site["bundle"], "--windows", windows,
+    proc = run_edgeav("replay", site["held"], "--models", bundle, "--windows", windows,
                       "--out", tmp_path / "held.events.jsonl", "--quiet", timeout=300)
     assert proc.returncode == 0, proc.stderr
     got = [json.loads(line)["anomaly_score"] for line in windows.read_text().splitlines()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeav.motion import HOLD_WINDOWS, SpeedHold, band_speeds
+from edgeav.motion import HOLD_WINDOWS, SpeedHold, band_speeds, band_velocities
 
 
 def moving_blocks(speeds: dict[tuple[int, int], float], n: int = 2, frames: int = 4, seed: int = 0) -> np.ndarray:
@@ -27,6 +27,18 @@ def test_each_band_gets_the_speed_of_what_crosses_it_either_way():
     np.testing.assert_allclose(v[:, 4:7], 5.0, atol=0.3)  # rows 16-27, leftwards
     rest = np.delete(v, [4, 5, 6, 10, 11, 12], axis=1)
     assert (rest < 0.5).all(), rest  # noise alone moves nowhere
+
+
+def test_velocities_keep_the_direction_rightwards_then_leftwards():
+    x = moving_blocks({(40, 52): 7.0, (16, 28): -5.0})
+    v = band_velocities(x)
+    assert v.shape == (2, 32) and v.dtype == np.float32
+    right, left = v[:, :16], v[:, 16:]
+    np.testing.assert_allclose(right[:, 10:13], 7.0, atol=0.3)  # rows 40-51, rightwards
+    np.testing.assert_allclose(left[:, 4:7], 5.0, atol=0.3)  # rows 16-27, leftwards
+    assert (right[:, 4:7] == 0).all() and (left[:, 10:13] == 0).all()  # nothing the other way
+    np.testing.assert_array_equal(right + left, band_speeds(x))  # either way: the unsigned speeds
+    assert band_velocities(moving_blocks({}, frames=2)).shape == (2, 32)
 
 
 def test_a_still_scene_and_too_few_frames_measure_nothing():
@@ -78,6 +90,36 @@ def test_the_ceiling_part_flags_a_band_faster_than_any_normal_and_survives_save_
     back = AnomalyMemory.load(tmp_path / "m.npz")
     assert back.parts[0].kind == "ceiling"
     np.testing.assert_array_equal(back.score({"video_speed": probe}), s)
+
+
+def test_a_runner_against_the_lanes_traffic_is_flagged_by_velocity_though_no_faster_than_its_cars():
+    """A one-way lane: its cars cross rightwards at 6-12 px per frame gap, walkers either way at up to 4. A runner
+    crossing the lane's rows leftwards at 9 is no faster than the cars, so the unsigned speeds' ceiling (12) hides
+    it; the velocities' leftward ceiling there is the walkers' (4), and the runner stands out."""
+    from edgeav.calibrate import calibrate
+
+    rng = np.random.default_rng(8)
+    n = 7200
+    right = np.zeros((n, 16), np.float32)
+    left = np.zeros((n, 16), np.float32)
+    right[:, 11] = rng.uniform(6.0, 12.0, n)  # the lane's traffic, one way
+    walkers = rng.uniform(0.0, 4.0, n)
+    way = rng.random(n) < 0.5
+    right[:, 12] = np.where(way, walkers, 0.0)
+    left[:, 12] = np.where(way, 0.0, walkers)
+    velocity = np.concatenate([right, left], axis=1)
+    speed = right + left
+    by_speed, _ = calibrate({"video_speed": speed}, ("video_speed",), 0.5, 1.0)
+    by_velocity, _ = calibrate({"video_velocity": velocity}, ("video_velocity",), 0.5, 1.0)
+    assert by_velocity.parts[0].kind == "ceiling" and by_velocity.parts[0].memory.shape == (1, 32)
+    probe = np.zeros((3, 32), np.float32)
+    probe[:2, 11] = 10.0  # a car on its way
+    probe[1, 16 + 12] = 3.0  # and a walker leftwards: normal
+    probe[2, 16 + 11] = 9.0  # a runner leftwards across the lane's rows
+    s = by_velocity.score({"video_velocity": probe})
+    assert s[2] >= by_velocity.threshold > max(s[0], s[1]), (s, by_velocity.threshold)
+    unsigned = by_speed.score({"video_speed": probe[:, :16] + probe[:, 16:]})
+    assert unsigned[2] < by_speed.threshold, (unsigned, by_speed.threshold)  # what the unsigned speeds miss
 
 
 def test_a_ceiling_part_is_scaled_to_its_share_of_the_rate_beside_knn_parts():

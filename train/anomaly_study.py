@@ -1,7 +1,7 @@
 """Which window features let the anomaly scorer catch what, at a held-out synth site: the study behind the
 README's "Anomaly features" table.
 
-    python -m train.anomaly_study --work /tmp/site5150 [--models BUNDLE] [--rows NAME ...] [--rate 1]
+    python -m train.anomaly_study --work /tmp/site5150 [--models BUNDLE] [--rows NAME ...] [--rate 1] [--bound N]
 
 ``--work`` is a directory that ``python -m edgeav.site_eval --work DIR`` filled (``normal-SITE-*.mp4``: the
 calibration footage; ``test-SITE-*.mp4`` with label sidecars: the held-out replay). Every row is the
@@ -25,8 +25,10 @@ ship because they did not help:
   where the cell is).
 
 Features are cached per file in ``--cache`` (default ``WORK/study-cache``). Prints one line per row: caught
-of the anomalies and false alarms over the test hours, by kind. Needs the train extra (OpenCV, torch for the
-filterbank).
+of the anomalies and false alarms over the test hours, by kind. ``--bound N`` adds each row's upper bound
+(:func:`upper_bound`): the most caught with at most N false alarms when the threshold and the ceiling parts'
+scale are chosen on the test itself, which tells a row's features from its calibration. Needs the train extra
+(OpenCV, torch for the filterbank).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ ROWS = {
     "audio_roughness": ("audio_roughness",),
     "default-video_speed": ("audio_patches", "audio_summary", "video_summary"),
     "video_speed": ("video_speed",),
+    "default-velocity": ("audio_patches", "audio_summary", "video_summary", "video_velocity", "audio_roughness"),
+    "video_velocity": ("video_velocity",),
     "patches": ("audio_patches",),
     "pre": ("audio_pre", "video_pre"),
     "patches+pre+video_summary": ("audio_patches", "audio_pre", "video_summary"),
@@ -69,7 +73,7 @@ ROWS = {
 # unusual instance alone, as calibrate did before the mean pool.
 ROW_BAG_POOLS = {"default-max-pool": ("max",)}
 BUNDLE_FEATURES = ("audio_summary", "video_summary", "audio_patches", "audio_pre", "video_pre", "video_speed",
-                   "audio_roughness")
+                   "video_velocity", "audio_roughness")
 
 
 # ---------------------------------------------------------------------------------------------- candidate features
@@ -275,7 +279,9 @@ class Site:
 
 
 def run_row(site: Site, names: tuple[str, ...], rate: float, semitones: int = 0,
-            bag_pools: tuple[str, ...] | None = None) -> dict[str, Any]:
+            bag_pools: tuple[str, ...] | None = None, bound_false_alarms: int | None = None) -> dict[str, Any]:
+    """One row: the product's calibrate on the normal files, its decider over the test files, scored. With
+    ``bound_false_alarms``, also :func:`upper_bound` at that many false alarms over the test hours."""
     from edgeav.bundle import SIGNAL_FEATURES
     from edgeav.calibrate import BAG_POOLS, calibrate
     from edgeav.labels import load_labels, sidecar_path
@@ -290,13 +296,47 @@ def run_row(site: Site, names: tuple[str, ...], rate: float, semitones: int = 0,
                and n not in SIGNAL_FEATURES] if semitones else []
     variants = {n: np.concatenate([site.variants(n, p, semitones) for p in site.normal], axis=1) for n in shifted}
     mem, metrics = calibrate(normal, names, 0.5, rate, variants=variants, bag_pools=bag_pools or BAG_POOLS)
-    scores = []
+    scores, tests = [], []
     for path in site.test:
-        s = mem.score({n: site.feature(n, path) for n in names})
-        windows = [{"t_start": float(t), "t_end": float(t) + 1.0, "anomaly_score": None if np.isnan(v) else float(v)}
-                   for t, v in zip(site.t_starts(path), s, strict=True)]
-        scores.append(score_replay(load_labels(sidecar_path(path)), [], alerts_at(windows, mem.threshold)))
-    return {**combine(scores), "extremal_index": metrics["extremal_index"]}
+        feats = {n: site.feature(n, path) for n in names}
+        s = mem.score(feats)
+        labels = load_labels(sidecar_path(path))
+        scores.append(score_replay(labels, [], alerts_at(_windows(site.t_starts(path), s), mem.threshold)))
+        tests.append((labels, site.t_starts(path), np.stack([p.scores(feats[p.feature], mem.k) for p in mem.parts])))
+    out = {**combine(scores), "extremal_index": metrics["extremal_index"]}
+    if bound_false_alarms is not None:
+        out["bound"] = upper_bound(tests, mem.threshold, [p.kind == "ceiling" for p in mem.parts], bound_false_alarms)
+    return out
+
+
+def _windows(t_starts: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
+    return [{"t_start": float(t), "t_end": float(t) + 1.0, "anomaly_score": None if np.isnan(v) else float(v)}
+            for t, v in zip(t_starts, scores, strict=True)]
+
+
+BOUND_THRESHOLDS = np.linspace(0.7, 1.3, 13)  # times the calibrated threshold
+BOUND_CEILING_GAINS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)  # times the calibrated ceiling parts' scale
+
+
+def upper_bound(tests: list[tuple[Any, np.ndarray, np.ndarray]], threshold: float, ceiling: list[bool],
+                false_alarms: int) -> dict[str, Any]:
+    """The most anomalies caught with at most ``false_alarms`` over the test hours when the threshold and the
+    ceiling parts' scale are chosen on the test itself (a sweep over :data:`BOUND_THRESHOLDS` and
+    :data:`BOUND_CEILING_GAINS`): no calibration rule can beat it with these parts, so it tells whether what is
+    missed is the features' or the calibration's. ``tests``: per test file its labels, window starts and per-part
+    scores ``[parts, windows]``; the decider is the product's."""
+    from edgeav.scoring import alerts_at, combine, score_replay
+
+    best: dict[str, Any] = {}
+    gains = BOUND_CEILING_GAINS if any(ceiling) else (1.0,)
+    for gain in gains:
+        scale = np.where(ceiling, gain, 1.0)[:, None]
+        for f in BOUND_THRESHOLDS:
+            r = combine([score_replay(labels, [], alerts_at(_windows(t, np.fmax.reduce(ps * scale)), threshold * f))
+                         for labels, t, ps in tests])
+            if r["false_alarms"] <= false_alarms and r["anomalies_caught"] > best.get("anomalies_caught", -1):
+                best = {**r, "threshold_factor": round(float(f), 3), "ceiling_gain": gain}
+    return best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pitch-semitones", type=int, default=None,
                     help="the bundle's audio features of the normal footage pitch-shifted into the memory, as "
                          "edgeav calibrate does (default: calibrate's)")
+    ap.add_argument("--bound", type=int, default=None, metavar="FALSE_ALARMS",
+                    help="also print each row's upper bound: the most caught with at most this many false alarms "
+                         "over the test hours, threshold and ceiling scale chosen on the test itself")
     ap.add_argument("--normal-files", type=int, default=None,
                     help="calibrate on the first N normal files only (by number: normal-SITE-1 ...)")
     args = ap.parse_args(argv)
@@ -324,11 +367,17 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     for row in args.rows:
         t0 = time.time()
-        r = run_row(site, ROWS[row], args.rate, semitones, ROW_BAG_POOLS.get(row))
+        r = run_row(site, ROWS[row], args.rate, semitones, ROW_BAG_POOLS.get(row), args.bound)
         kinds = ", ".join(f"{k} {c}/{n}" for k, (c, n) in r["caught_by_kind"].items())
         print(f"{row}: caught {r['anomalies_caught']}/{r['anomalies']}, false alarms {r['false_alarms']} in "
               f"{r['hours']:.1f} h ({kinds}; extremal index {r['extremal_index']}; {time.time() - t0:.0f} s)",
               flush=True)
+        if "bound" in r:
+            b = r["bound"]
+            kinds = ", ".join(f"{k} {c}/{n}" for k, (c, n) in b["caught_by_kind"].items())
+            print(f"{row}: upper bound at <= {args.bound} false alarms: caught {b['anomalies_caught']}, false alarms "
+                  f"{b['false_alarms']} (threshold x{b['threshold_factor']}, ceiling parts x{b['ceiling_gain']}; "
+                  f"{kinds})", flush=True)
     return 0
 
 
