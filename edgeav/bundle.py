@@ -382,9 +382,9 @@ class Bundle:
     def feature_dims(self) -> dict[str, int]:
         """The width of every feature the bundle gives (from the models' output shapes; a patch's width for
         the bag features)."""
-        dims = {"joint": self.joint_size, "av_disagreement": 1,
-                SPEED_FEATURE: speed_bands(self.window_spec.frame_height),
-                VELOCITY_FEATURE: 2 * speed_bands(self.window_spec.frame_height), ROUGHNESS_FEATURE: roughness_dims()}
+        bands = speed_bands(self.window_spec.frame_height)
+        dims = {"joint": self.joint_size, "av_disagreement": 1, SPEED_FEATURE: bands, VELOCITY_FEATURE: 2 * bands,
+                ROUGHNESS_FEATURE: roughness_dims()}
         for m in MODALITIES:
             for o in self._session(m).get_outputs():
                 if o.name in MODEL_OUTPUTS and len(o.shape) in (2, 3) and isinstance(o.shape[-1], int):
@@ -474,8 +474,8 @@ class Bundle:
         """Named window features (default: every one available) of windows that have both modalities.
 
         ``video_speed`` and ``video_velocity`` are held over consecutive windows (:class:`edgeav.motion.SpeedHold`):
-        give one stream's
-        windows in time order, with their ``t_starts`` (default: one after the other on the hop grid)."""
+        give one stream's windows in time order, with their ``t_starts`` (default: one after the other on the hop
+        grid)."""
         want = tuple(self.features_available if names is None else names)
         unknown = [n for n in want if n not in self.features_available]
         if unknown:

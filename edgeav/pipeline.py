@@ -247,12 +247,12 @@ class CameraPipeline:
             if name == "joint" or name in self._anomaly_features:
                 value = joint if name == "joint" else derive(audio_emb, video_emb)
                 feats[name] = np.where(both[:, None], value, np.nan).astype(np.float32)
+        t_starts = np.array([w.t_start for w in windows])
         for name, hold in self._holds.items():  # held here, in window order, whichever thread measured them
             if name in feats:
-                feats[name] = hold.apply(np.array([w.t_start for w in windows]), feats[name])
+                feats[name] = hold.apply(t_starts, feats[name])
         if self.index is not None:
-            self.index.add(self._index_source, np.array([w.t_start for w in windows]),
-                           np.array([w.t_end for w in windows]), audio_emb, video_emb)
+            self.index.add(self._index_source, t_starts, np.array([w.t_end for w in windows]), audio_emb, video_emb)
         probs = self.bundle.event_head.predict_proba(joint) if self.bundle.event_head is not None else None
         mem = self.bundle.anomaly
         scores = mem.score({f: feats[f] for f in mem.features}) if mem is not None else None

@@ -302,7 +302,9 @@ def run_row(site: Site, names: tuple[str, ...], rate: float, semitones: int = 0,
         s = mem.score(feats)
         labels = load_labels(sidecar_path(path))
         scores.append(score_replay(labels, [], alerts_at(_windows(site.t_starts(path), s), mem.threshold)))
-        tests.append((labels, site.t_starts(path), np.stack([p.scores(feats[p.feature], mem.k) for p in mem.parts])))
+        if bound_false_alarms is not None:  # each part's scores, for the sweep: only when asked for
+            tests.append((labels, site.t_starts(path), np.stack([p.scores(feats[p.feature], mem.k)
+                                                                  for p in mem.parts])))
     out = {**combine(scores), "extremal_index": metrics["extremal_index"]}
     if bound_false_alarms is not None:
         out["bound"] = upper_bound(tests, mem.threshold, [p.kind == "ceiling" for p in mem.parts], bound_false_alarms)
