@@ -178,6 +178,13 @@ def pitch(audio: np.ndarray, frame: int = 400, hop: int = 160, sr: int = 16000, 
                     -1).astype(np.float32)
 
 
+def _power_frames(audio: np.ndarray, n_fft: int, hop: int, sr: int) -> tuple[np.ndarray, np.ndarray]:
+    """``[B, S]`` -> the power spectra of Hann-windowed frames ``[B, T, n_fft // 2 + 1]`` and their frequencies."""
+    window = np.hanning(n_fft + 1)[:-1].astype(np.float32)
+    idx = np.arange(0, audio.shape[1] - n_fft + 1, hop)[:, None] + np.arange(n_fft)[None]
+    return np.abs(np.fft.rfft(audio[:, idx] * window, axis=-1)) ** 2, np.fft.rfftfreq(n_fft, 1 / sr)
+
+
 ROUGH_EDGES = np.geomspace(250, 7000, 13)
 MOD_EDGES = (4.0, 12.0, 28.0, 80.0, 125.0)
 
@@ -187,10 +194,7 @@ def roughness(audio: np.ndarray, n_fft: int = 256, hop: int = 64, span: int = 64
     """A bag of 256 ms patches: per frequency band, how deep its envelope fluctuates at 4-12, 12-28, 28-80 and
     80-125 Hz (log modulation depth). Fast fluctuations (30-150 Hz) are what makes a sound rough, and rough
     is what sets screams apart from other calls (Arnal et al. 2015)."""
-    window = np.hanning(n_fft + 1)[:-1].astype(np.float32)
-    idx = np.arange(0, audio.shape[1] - n_fft + 1, hop)[:, None] + np.arange(n_fft)[None]
-    power = np.abs(np.fft.rfft(audio[:, idx] * window, axis=-1)) ** 2  # [B, T, K]
-    freqs = np.fft.rfftfreq(n_fft, 1 / sr)
+    power, freqs = _power_frames(audio, n_fft, hop, sr)  # [B, T, K], [K]
     env = np.stack([np.sqrt(power[..., (freqs >= lo) & (freqs < hi)].sum(-1))
                     for lo, hi in itertools.pairwise(ROUGH_EDGES)], 1)  # [B, bands, T]
     mod_freqs = np.fft.rfftfreq(span, hop / sr)
@@ -215,10 +219,7 @@ def footsteps(audio: np.ndarray, n_fft: int = 128, hop: int = 80, rise_db: float
     autocorrelation of that onset train in lag bands (a runner's strides recur every 0.28-0.38 s, a jackhammer's
     every 45-80 ms). Running feet are quiet and short; what sets them apart from a street's other impulses would
     be how regularly they recur."""
-    window = np.hanning(n_fft + 1)[:-1].astype(np.float32)
-    idx = np.arange(0, audio.shape[1] - n_fft + 1, hop)[:, None] + np.arange(n_fft)[None]
-    power = np.abs(np.fft.rfft(audio[:, idx] * window, axis=-1)) ** 2  # [B, T, K]
-    freqs = np.fft.rfftfreq(n_fft, 1 / sr)
+    power, freqs = _power_frames(audio, n_fft, hop, sr)  # [B, T, K], [K]
     e = 10 * np.log10(power[..., (freqs >= 125) & (freqs < 2500)].sum(-1) + 1e-10)  # [B, T] dB
     # rise over the level of the 100 ms before (its median): a noise floor's flicker does not count
     before = np.median(np.lib.stride_tricks.sliding_window_view(e, 20, axis=1), -1)  # [B, T - 19]
