@@ -42,7 +42,8 @@ from edgeav.bundle import Bundle
 from edgeav.config import CameraConfig, mask_url
 from edgeav.decide import AnomalyParams, EventParams
 from edgeav.errors import UserError
-from edgeav.pipeline import CameraPipeline, Sink, frame_converter
+from edgeav.pipeline import CameraPipeline, Sink
+from edgeav.reader import frame_converter
 from edgeav.sources.base import STREAMING, Backoff, SourceThread
 from edgeav.sources.microphone import MicrophoneSource
 from edgeav.sources.rtsp import RtspSource

@@ -23,7 +23,6 @@ their ceiling at 4 false alarms in 4 h, the held speeds caught 16 of 24 runners,
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 SPEED_FEATURE = "video_speed"  # the window feature's name (edgeav.bundle.SIGNAL_FEATURES)
@@ -61,6 +60,8 @@ def band_velocities(frames: np.ndarray) -> np.ndarray:
 def band_shifts(frames: np.ndarray) -> np.ndarray:
     """Per row band the signed shift (px per frame gap, positive rightwards) of what moves there coherently, 0
     where nothing does: ``[B, H // BAND_ROWS]`` float32 (see the module doc)."""
+    import cv2  # here, not at the top: replay imports this module before its first frame, cv2 costs ~20 ms
+
     b, f, h, w = frames.shape[:4]
     nb = speed_bands(h)
     if b == 0 or f < 3:

@@ -120,7 +120,7 @@ def print_summary(footage: Path, duration: float, stats: Any, summary: SummarySi
 
 def run(args: argparse.Namespace) -> int:
     from edgeav import media
-    from edgeav.pipeline import FileReader
+    from edgeav.reader import FileReader
 
     if args.embed_threads is not None and args.embed_threads < 0:
         raise UserError(f"--embed-threads must be 0 or more, got {args.embed_threads}")

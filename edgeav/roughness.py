@@ -26,7 +26,6 @@ than real ones; not measured on real recordings (an irregular beat scores higher
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 ROUGHNESS_FEATURE = "audio_roughness"  # the window feature's name (edgeav.bundle.SIGNAL_FEATURES)
@@ -50,6 +49,8 @@ def roughness(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """Mono float windows ``[B, S]`` at ``sample_rate`` -> ``[B, len(RANGES_HZ)]`` float32: per modulation range,
     the co-modulation spectrum's peak over its median (natural log; see the module doc). Bands above the
     Nyquist frequency are left out; a window too short for the lowest range gives 0."""
+    import cv2  # here, not at the top: see edgeav.motion.band_shifts
+
     audio = np.ascontiguousarray(audio, dtype=np.float32)  # OpenCV would copy a strided view anyway
     b, s = audio.shape
     seconds = s / sample_rate

@@ -1,6 +1,6 @@
 """What keeps `edgeav replay` near the decoding floor, and that it changes nothing a user sees.
 
-Background decoding (pipeline.prefetched): the same records as the serial path, errors and early stops
+Background decoding (reader.prefetched): the same records as the serial path, errors and early stops
 handled. Start-up: `edgeav replay` builds its parser without importing the other commands' modules.
 """
 
@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from edgeav.bundle import load_bundle
-from edgeav.pipeline import CameraPipeline, FileReader, prefetched, run_file
+from edgeav.pipeline import CameraPipeline, run_file
+from edgeav.reader import FileReader, prefetched
 
 
 class _Records:

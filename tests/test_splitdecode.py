@@ -15,8 +15,8 @@ import pytest
 
 from edgeav import media, splitdecode
 from edgeav.errors import UserError
-from edgeav.pipeline import FileReader
 from edgeav.preprocess import WindowSpec
+from edgeav.reader import FileReader
 from tests.conftest import run_edgeav
 from tests.footage_helpers import ffmpeg
 
