@@ -136,6 +136,15 @@ def test_replay_starts_without_the_other_commands_modules(tmp_path: Path) -> Non
     assert proc.returncode == 0 and "replay" in proc.stdout and "config" in proc.stdout
 
 
+def test_what_replay_needs_before_its_first_frame_leaves_opencv_and_onnxruntime_for_later() -> None:
+    # replay.run starts the first file's reader after these imports and reads the window spec through the bundle
+    # module; OpenCV (~20 ms) and onnxruntime (~30 ms) must then load beside decoding, not before it.
+    code = ("import sys\nimport edgeav.replay, edgeav.reader, edgeav.media, edgeav.splitdecode, edgeav.bundle\n"
+            "print(sorted(m for m in ('cv2', 'onnxruntime', 'edgeav.pipeline') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
 def test_bench_prints_the_floor_replay_and_where_the_cpu_goes() -> None:
     import re
 
