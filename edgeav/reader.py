@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from edgeav import media, splitdecode
 from edgeav.preprocess import FrameResizer, WindowSpec
 from edgeav.windows import VIDEO, Window, WindowAssembler
 
@@ -102,8 +103,6 @@ class FileReader:
 
     def __init__(self, path: str | Path, spec: WindowSpec, *, info: Any = None, av_offset_s: float = 0.0,
                  depth: int = 32, background: bool = True, split: bool | None = None) -> None:
-        from edgeav import media, splitdecode
-
         self.cpu_t0 = time.process_time()
         # Process CPU spent on other work (loading the bundle) while this file decoded ahead: not the file's.
         self.other_cpu = 0.0
@@ -142,8 +141,6 @@ def _file_windows(path: str | Path, info: Any, spec: WindowSpec, stats: Pipeline
     ``split``: the video's second half decodes in another thread (:mod:`edgeav.splitdecode`), where the
     file allows it; the windows are the same.
     """
-    from edgeav import media, splitdecode
-
     target = splitdecode.split_target(info) if split else None
     video = splitdecode.SplitVideo(path, info, spec, target) if target is not None else None
     convert = frame_converter(spec, stats)

@@ -99,7 +99,7 @@ class SplitVideo:
     """
 
     def __init__(self, path: str | Path, info: Any, spec: WindowSpec, target: float) -> None:
-        from edgeav.reader import PipelineStats, Prefetcher, frame_converter
+        from edgeav.reader import PipelineStats, Prefetcher, frame_converter  # here: reader imports this module
 
         self.path = Path(path)
         self.target = target
